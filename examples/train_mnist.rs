@@ -13,7 +13,9 @@ use candle_zoo::data::{Dataset, ImageBatcher, MnistLoader};
 use candle_zoo::models::vision::{
     parameter_count, LinearClassifier, LinearClassifierConfig, Mlp, MlpConfig, MnistCnn, MnistCnnConfig,
 };
-use candle_zoo::train::{evaluate, CrossEntropy, LrSchedule, OptimizerConfig, ProgressMode, Trainer, TrainerConfig};
+use candle_zoo::train::{
+    evaluate, CrossEntropy, LrSchedule, OptimizerConfig, ProgressMode, Trainer, TrainerConfig,
+};
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 
@@ -114,7 +116,12 @@ fn main() -> Result<()> {
         loader = loader.data_dir(dir);
     }
     let data = loader.load().with_context(|| format!("loading {dataset}"))?;
-    println!("{dataset}: {} train / {} test images from {:?}", data.train.len(), data.test.len(), data.origin);
+    println!(
+        "{dataset}: {} train / {} test images from {:?}",
+        data.train.len(),
+        data.test.len(),
+        data.origin
+    );
     let train_split = match args.limit_train {
         Some(n) => data.train.truncate(n),
         None => data.train,
@@ -148,8 +155,14 @@ fn main() -> Result<()> {
         },
         schedule: match args.schedule {
             ScheduleArg::Constant => LrSchedule::Constant,
-            ScheduleArg::Cosine => LrSchedule::Cosine { warmup_steps: args.warmup_steps, min_lr_ratio: 0.01 },
-            ScheduleArg::Step => LrSchedule::Step { epochs: 1, gamma: 0.5 },
+            ScheduleArg::Cosine => LrSchedule::Cosine {
+                warmup_steps: args.warmup_steps,
+                min_lr_ratio: 0.01,
+            },
+            ScheduleArg::Step => LrSchedule::Step {
+                epochs: 1,
+                gamma: 0.5,
+            },
         },
         grad_clip: args.grad_clip,
         seed: args.seed,
@@ -170,7 +183,9 @@ fn main() -> Result<()> {
     // the loaded model; evaluate only when there is no history at all.
     let final_acc = match report.history.last().and_then(|m| m.eval_acc) {
         Some(acc) => acc,
-        None => evaluate(model.as_ref(), &test, &CrossEntropy)?.accuracy.unwrap_or(0.0),
+        None => evaluate(model.as_ref(), &test, &CrossEntropy)?
+            .accuracy
+            .unwrap_or(0.0),
     };
     println!("final test_acc {:.2}%", final_acc * 100.0);
     Ok(())

@@ -35,7 +35,10 @@ mod tests {
     fn names() {
         assert!(device_from_name("cpu").unwrap().is_cpu());
         assert!(device_from_name("auto").is_ok());
-        assert!(device_from_name("tpu").unwrap_err().to_string().contains("unknown device"));
+        assert!(device_from_name("tpu")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown device"));
         if !cfg!(feature = "cuda") {
             let err = device_from_name("cuda").unwrap_err().to_string();
             assert!(err.contains("--features cuda"), "{err}");

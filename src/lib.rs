@@ -28,8 +28,8 @@
 mod device;
 
 pub use candle_core;
-pub use device::device_from_name;
 pub use candle_nn;
+pub use device::device_from_name;
 pub use zoo_data as data;
 pub use zoo_kernels as kernels;
 pub use zoo_models as models;

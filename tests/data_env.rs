@@ -10,7 +10,11 @@ fn env_var_beats_the_repository_and_explicit_dir_beats_the_env_var() {
     let root = tempfile::tempdir().unwrap();
     // An env root without the files is an error, not a silent fallback to data/mnist.
     std::env::set_var("CANDLE_ZOO_DATA", root.path());
-    let err = MnistLoader::new(Dataset::Mnist).hub(None).load().unwrap_err().to_string();
+    let err = MnistLoader::new(Dataset::Mnist)
+        .hub(None)
+        .load()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("CANDLE_ZOO_DATA"), "{err}");
     // With the files in $CANDLE_ZOO_DATA/mnist, they are used.
     let sub = root.path().join("mnist");
@@ -24,7 +28,11 @@ fn env_var_beats_the_repository_and_explicit_dir_beats_the_env_var() {
     let data = MnistLoader::new(Dataset::Mnist).hub(None).load().unwrap();
     assert_eq!(data.origin, DataOrigin::Directory(sub.clone()));
     // An explicit directory wins over the variable.
-    let data = MnistLoader::new(Dataset::Mnist).hub(None).data_dir(common::repo_mnist()).load().unwrap();
+    let data = MnistLoader::new(Dataset::Mnist)
+        .hub(None)
+        .data_dir(common::repo_mnist())
+        .load()
+        .unwrap();
     assert_eq!(data.origin, DataOrigin::Directory(common::repo_mnist()));
     std::env::remove_var("CANDLE_ZOO_DATA");
 }

@@ -13,7 +13,10 @@ pub fn shared(sub: &str) -> Option<PathBuf> {
     if path.exists() {
         Some(path)
     } else {
-        eprintln!("SKIPPED: {} is absent (set CANDLE_ZOO_SHARED to the shared folder to run this test)", path.display());
+        eprintln!(
+            "SKIPPED: {} is absent (set CANDLE_ZOO_SHARED to the shared folder to run this test)",
+            path.display()
+        );
         None
     }
 }

@@ -37,10 +37,7 @@ pub trait BatchSource {
 }
 
 /// The batches of `epoch`, in order.
-pub fn epoch_batches(
-    source: &dyn BatchSource,
-    epoch: usize,
-) -> impl Iterator<Item = Result<Batch>> + '_ {
+pub fn epoch_batches(source: &dyn BatchSource, epoch: usize) -> impl Iterator<Item = Result<Batch>> + '_ {
     let order = source.epoch_order(epoch);
     let bs = source.batch_size().max(1);
     (0..order.len().div_ceil(bs)).map(move |b| {
@@ -82,9 +79,7 @@ impl ImageBatcher {
         device: &Device,
     ) -> Result<Self> {
         if batch_size == 0 {
-            return Err(DataError::InvalidArgument(
-                "batch size must be at least 1".into(),
-            ));
+            return Err(DataError::InvalidArgument("batch size must be at least 1".into()));
         }
         if !(std > 0.0 && std.is_finite() && mean.is_finite()) {
             return Err(DataError::InvalidArgument(format!(

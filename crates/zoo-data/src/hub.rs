@@ -51,12 +51,10 @@ pub fn dataset_file(repo_id: &str, file: &str, opts: &HubOptions) -> Result<Path
     let request = repo.download_file().filename(file).revision(revision);
     match request.clone().local_files_only(true).send() {
         Ok(path) => Ok(path),
-        Err(hf_hub::HFError::LocalEntryNotFound { .. }) if opts.is_offline() => Err(hub_err(
-            format!(
-                "not in the local cache ({}) and offline mode is on (HF_HUB_OFFLINE)",
-                cache_display(opts)
-            ),
-        )),
+        Err(hf_hub::HFError::LocalEntryNotFound { .. }) if opts.is_offline() => Err(hub_err(format!(
+            "not in the local cache ({}) and offline mode is on (HF_HUB_OFFLINE)",
+            cache_display(opts)
+        ))),
         Err(hf_hub::HFError::LocalEntryNotFound { .. }) => request
             .send()
             .map_err(|e| hub_err(format!("download failed: {e}"))),

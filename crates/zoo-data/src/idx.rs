@@ -118,9 +118,7 @@ pub fn read_idx(path: &Path, expected_magic: u32) -> Result<IdxArray> {
         };
         return Err(DataError::format(
             path,
-            format!(
-                "header dimensions {dims:?} need {expected} data bytes, found {actual}: {what}"
-            ),
+            format!("header dimensions {dims:?} need {expected} data bytes, found {actual}: {what}"),
         ));
     }
     let mut data = bytes;
@@ -162,10 +160,7 @@ pub fn read_labels(path: &Path, num_classes: usize) -> Result<Vec<u8>> {
     {
         return Err(DataError::format(
             path,
-            format!(
-                "label {l} at index {i} is out of range 0..={}",
-                num_classes - 1
-            ),
+            format!("label {l} at index {i} is out of range 0..={}", num_classes - 1),
         ));
     }
     Ok(arr.data)

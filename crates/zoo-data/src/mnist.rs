@@ -97,9 +97,7 @@ impl std::str::FromStr for Dataset {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "mnist" => Ok(Dataset::Mnist),
-            "fashion" | "fashion-mnist" | "fashion_mnist" | "fashionmnist" => {
-                Ok(Dataset::FashionMnist)
-            }
+            "fashion" | "fashion-mnist" | "fashion_mnist" | "fashionmnist" => Ok(Dataset::FashionMnist),
             other => Err(DataError::InvalidArgument(format!(
                 "unknown data set `{other}`: expected `mnist` or `fashion`"
             ))),
@@ -261,7 +259,11 @@ impl MnistLoader {
                     "{} not found: no IDX files in {} and the hub failed: {e}. \
                      Pass a directory holding {} (or set {DATA_ENV_VAR}).",
                     self.dataset,
-                    if looked.is_empty() { "-".into() } else { looked.join(", ") },
+                    if looked.is_empty() {
+                        "-".into()
+                    } else {
+                        looked.join(", ")
+                    },
                     IDX_STEMS.join(".gz, ") + ".gz",
                 ))
             });
@@ -359,8 +361,7 @@ pub fn load_hub(dataset: Dataset, opts: &HubOptions) -> Result<MnistData> {
     let (train_file, test_file) = dataset.hub_files();
     let train_path = hub::dataset_file(dataset.hub_repo(), train_file, opts)?;
     let test_path = hub::dataset_file(dataset.hub_repo(), test_file, opts)?;
-    let read =
-        |p: &Path| crate::parquet::read_image_parquet(p, IMAGE_SIDE, IMAGE_SIDE, NUM_CLASSES);
+    let read = |p: &Path| crate::parquet::read_image_parquet(p, IMAGE_SIDE, IMAGE_SIDE, NUM_CLASSES);
     Ok(MnistData {
         dataset,
         train: read(&train_path)?,

@@ -34,7 +34,7 @@ pub fn sample_init(init: &Init, shape: &Shape, seed: u64) -> Result<Tensor> {
     let n = shape.elem_count();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let uniform = |lo: f64, up: f64, rng: &mut rand::rngs::StdRng| -> Result<Vec<f32>> {
-        if !(lo < up) {
+        if lo >= up || lo.is_nan() || up.is_nan() {
             // A degenerate range (e.g. fan 0) is a constant, not a sampling error.
             return Ok(vec![lo as f32; n]);
         }
@@ -42,9 +42,8 @@ pub fn sample_init(init: &Init, shape: &Shape, seed: u64) -> Result<Tensor> {
         Ok((0..n).map(|_| d.sample(rng) as f32).collect())
     };
     let normal = |mean: f64, std: f64, rng: &mut rand::rngs::StdRng| -> Result<Vec<f32>> {
-        let d = rand_distr::Normal::new(mean, std).map_err(|e| {
-            candle_core::Error::Msg(format!("normal init N({mean}, {std}): {e}"))
-        })?;
+        let d = rand_distr::Normal::new(mean, std)
+            .map_err(|e| candle_core::Error::Msg(format!("normal init N({mean}, {std}): {e}")))?;
         Ok((0..n).map(|_| d.sample(rng) as f32).collect())
     };
     let values = match *init {
@@ -163,15 +162,33 @@ mod tests {
         let a = VarMap::new();
         let vb = seeded_var_builder(&a, 3, DType::F32, &Device::Cpu);
         let x1 = vb.get_with_hints((4, 5), "x", glorot_uniform(5, 4))?;
-        let y1 = vb.get_with_hints(7, "y", Init::Randn { mean: 0.0, stdev: 1.0 })?;
+        let y1 = vb.get_with_hints(
+            7,
+            "y",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        )?;
         let b = VarMap::new();
         let vb = seeded_var_builder(&b, 3, DType::F32, &Device::Cpu);
-        let y2 = vb.get_with_hints(7, "y", Init::Randn { mean: 0.0, stdev: 1.0 })?;
+        let y2 = vb.get_with_hints(
+            7,
+            "y",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        )?;
         let x2 = vb.get_with_hints((4, 5), "x", glorot_uniform(5, 4))?;
         assert_eq!(x1.to_vec2::<f32>()?, x2.to_vec2::<f32>()?);
         assert_eq!(y1.to_vec1::<f32>()?, y2.to_vec1::<f32>()?);
         let c = VarMap::new();
-        let x3 = seeded_var_builder(&c, 4, DType::F32, &Device::Cpu).get_with_hints((4, 5), "x", glorot_uniform(5, 4))?;
+        let x3 = seeded_var_builder(&c, 4, DType::F32, &Device::Cpu).get_with_hints(
+            (4, 5),
+            "x",
+            glorot_uniform(5, 4),
+        )?;
         assert_ne!(x1.to_vec2::<f32>()?, x3.to_vec2::<f32>()?);
         // Reuse returns the existing variable; a different shape is an error.
         assert_eq!(vb.get((4, 5), "x")?.to_vec2::<f32>()?, x2.to_vec2::<f32>()?);

@@ -54,7 +54,10 @@ pub fn load_tensors(
 ) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        TrainError::checkpoint(path, format!("not a valid safetensors file ({e}): corrupt or truncated"))
+        TrainError::checkpoint(
+            path,
+            format!("not a valid safetensors file ({e}): corrupt or truncated"),
+        )
     })?;
     let metadata = header
         .metadata()
@@ -159,11 +162,17 @@ mod tests {
         vb.get((3, 2), "a")?;
         vb.get(4, "b")?;
         let err = load_varmap(&other, &path).unwrap_err().to_string();
-        assert!(err.contains("missing tensors [\"b\"]") && err.contains("shape"), "{err}");
+        assert!(
+            err.contains("missing tensors [\"b\"]") && err.contains("shape"),
+            "{err}"
+        );
 
         std::fs::write(&path, b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json").unwrap();
         let err = load_varmap(&vm, &path).unwrap_err().to_string();
-        assert!(err.contains("m.safetensors") && err.contains("not a valid"), "{err}");
+        assert!(
+            err.contains("m.safetensors") && err.contains("not a valid"),
+            "{err}"
+        );
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ pub fn write_curves_svg(history: &[EpochMetrics], path: &Path) -> Result<()> {
                 .filter_map(|m| f(m).filter(|v| v.is_finite()).map(|v| (m.epoch as f64, v)))
                 .collect()
         };
-        let panels: [(&str, [(&str, Vec<(f64, f64)>, RGBColor); 2], &DrawingArea<_, _>); 2] = [
+        let panels = [
             (
                 "loss",
                 [

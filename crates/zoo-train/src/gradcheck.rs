@@ -18,7 +18,9 @@ pub fn check_gradient_flow(loss: &Tensor, varmap: &VarMap) -> Result<Vec<(String
     let mut failures = Vec::new();
     for (name, var) in named_params(varmap)? {
         match grads.get(var.as_tensor()) {
-            None => failures.push(format!("{name}: no gradient (disconnected, or behind an op without backward)")),
+            None => failures.push(format!(
+                "{name}: no gradient (disconnected, or behind an op without backward)"
+            )),
             Some(g) => {
                 let g = g.to_dtype(DType::F32)?;
                 let finite = g.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite());
@@ -56,12 +58,18 @@ mod tests {
         let fc = candle_nn::linear(4, 3, vb.pp("fc"))?;
         let x = Tensor::arange(0f32, 8., &Device::Cpu)?.reshape((2, 4))?;
         let logits = fc.forward(&x)?;
-        assert_eq!(check_gradient_flow(&candle_nn::ops::softmax(&logits, 1)?.sqr()?.sum_all()?, &vm)?.len(), 2);
+        assert_eq!(
+            check_gradient_flow(&candle_nn::ops::softmax(&logits, 1)?.sqr()?.sum_all()?, &vm)?.len(),
+            2
+        );
         // candle-nn's fused softmax has no backward: the check must name both parameters.
         let err = check_gradient_flow(&candle_nn::ops::softmax_last_dim(&logits)?.sqr()?.sum_all()?, &vm)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("fc.weight: no gradient") && err.contains("fc.bias"), "{err}");
+        assert!(
+            err.contains("fc.weight: no gradient") && err.contains("fc.bias"),
+            "{err}"
+        );
         Ok(())
     }
 }

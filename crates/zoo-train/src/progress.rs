@@ -32,7 +32,13 @@ pub(crate) struct EpochProgress {
 }
 
 impl EpochProgress {
-    pub(crate) fn new(mode: ProgressMode, epoch: usize, epochs: usize, steps: usize, item_name: &str) -> Self {
+    pub(crate) fn new(
+        mode: ProgressMode,
+        epoch: usize,
+        epochs: usize,
+        steps: usize,
+        item_name: &str,
+    ) -> Self {
         let mode = match mode {
             ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
             ProgressMode::Auto => ProgressMode::Plain,
@@ -41,11 +47,10 @@ impl EpochProgress {
         let label = format!("epoch {epoch}/{epochs}");
         let bar = (mode == ProgressMode::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(
-                "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+            let style =
+                ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
             bar.set_style(style);
             bar.set_prefix(label.clone());
             bar

@@ -59,11 +59,17 @@ mod tests {
     #[test]
     fn shapes_of_the_schedules() {
         assert_eq!(LrSchedule::Constant.lr(0.1, 999, 10, 1000), 0.1);
-        let s = LrSchedule::Step { epochs: 2, gamma: 0.5 };
+        let s = LrSchedule::Step {
+            epochs: 2,
+            gamma: 0.5,
+        };
         assert_eq!(s.lr(1.0, 19, 10, 100), 1.0);
         assert_eq!(s.lr(1.0, 20, 10, 100), 0.5);
         assert_eq!(s.lr(1.0, 45, 10, 100), 0.25);
-        let c = LrSchedule::Cosine { warmup_steps: 10, min_lr_ratio: 0.1 };
+        let c = LrSchedule::Cosine {
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+        };
         assert!((c.lr(1.0, 0, 10, 110) - 0.1).abs() < 1e-12);
         assert!((c.lr(1.0, 9, 10, 110) - 1.0).abs() < 1e-12);
         assert!((c.lr(1.0, 10, 10, 110) - 1.0).abs() < 1e-12);

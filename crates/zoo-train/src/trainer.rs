@@ -143,10 +143,13 @@ impl Trainer {
             return Err(TrainError::Config("epochs must be at least 1".into()));
         }
         if !(cfg.lr.is_finite() && cfg.lr >= 0.0) {
-            return Err(TrainError::Config(format!("learning rate {} must be finite and >= 0", cfg.lr)));
+            return Err(TrainError::Config(format!(
+                "learning rate {} must be finite and >= 0",
+                cfg.lr
+            )));
         }
         if let Some(c) = cfg.grad_clip {
-            if !(c > 0.0) {
+            if c.is_nan() || c <= 0.0 {
                 return Err(TrainError::Config(format!("grad_clip {c} must be positive")));
             }
         }
@@ -230,8 +233,13 @@ impl Trainer {
         }
 
         for epoch in state.epoch + 1..=self.cfg.epochs {
-            let progress =
-                EpochProgress::new(self.cfg.progress, epoch, self.cfg.epochs, steps_per_epoch, &self.cfg.item_name);
+            let progress = EpochProgress::new(
+                self.cfg.progress,
+                epoch,
+                self.cfg.epochs,
+                steps_per_epoch,
+                &self.cfg.item_name,
+            );
             let mut running = Running::default();
             let mut lr = self.cfg.lr;
             let started = Instant::now();
@@ -306,14 +314,20 @@ impl Trainer {
     }
 
     fn summary_line(&self, m: &EpochMetrics) -> String {
-        let mut line = format!("epoch {}/{} train_loss {:.4}", m.epoch, self.cfg.epochs, m.train_loss);
+        let mut line = format!(
+            "epoch {}/{} train_loss {:.4}",
+            m.epoch, self.cfg.epochs, m.train_loss
+        );
         if let Some(l) = m.eval_loss {
             line += &format!(" {}_loss {l:.4}", self.cfg.eval_name);
         }
         if let Some(a) = m.eval_acc {
             line += &format!(" {}_acc {:.2}%", self.cfg.eval_name, a * 100.0);
         }
-        line + &format!(" time {:.1}s {:.0} {}/s", m.train_time_s, m.items_per_s, self.cfg.item_name)
+        line + &format!(
+            " time {:.1}s {:.0} {}/s",
+            m.train_time_s, m.items_per_s, self.cfg.item_name
+        )
     }
 
     fn non_finite(&self, epoch: usize, step: usize, value: f32) -> TrainError {
@@ -332,7 +346,13 @@ impl Trainer {
         }
     }
 
-    fn save(&self, dir: &Path, state: &TrainerState, optimizer: &dyn Optimizer, improved: bool) -> Result<()> {
+    fn save(
+        &self,
+        dir: &Path,
+        state: &TrainerState,
+        optimizer: &dyn Optimizer,
+        improved: bool,
+    ) -> Result<()> {
         let meta: BTreeMap<String, String> = [
             ("epoch".to_string(), state.epoch.to_string()),
             ("global_step".to_string(), state.global_step.to_string()),
@@ -366,7 +386,10 @@ impl Trainer {
             diffs.push(format!("seed {} (now {})", c.seed, self.cfg.seed));
         }
         if c.optimizer != self.cfg.optimizer {
-            diffs.push(format!("optimizer {:?} (now {:?})", c.optimizer, self.cfg.optimizer));
+            diffs.push(format!(
+                "optimizer {:?} (now {:?})",
+                c.optimizer, self.cfg.optimizer
+            ));
         }
         if c.lr != self.cfg.lr || c.schedule != self.cfg.schedule || c.grad_clip != self.cfg.grad_clip {
             diffs.push(format!(

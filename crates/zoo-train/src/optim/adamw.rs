@@ -92,8 +92,10 @@ impl Optimizer for AdamW {
             let theta = (slot.var.as_tensor() * (1.0 - lr * weight_decay))?;
             let adjusted = ((&m * scale_m)? / ((&v * scale_v)?.sqrt()? + eps)?)?;
             slot.var.set(&(theta - (adjusted * lr)?)?)?;
-            slot.exp_avg = m;
-            slot.exp_avg_sq = v;
+            // Detached: a buffer that kept its op graph would chain every step's graph
+            // (forward and backward included) to the next, and memory would grow without bound.
+            slot.exp_avg = m.detach();
+            slot.exp_avg_sq = v.detach();
         }
         Ok(())
     }
@@ -130,7 +132,11 @@ mod tests {
 
     fn problem(seed: u64) -> Result<(Var, Tensor)> {
         let dev = Device::Cpu;
-        let w = Var::from_tensor(&Tensor::arange(0f32, 12., &dev)?.reshape((3, 4))?.affine(0.1, -0.4)?)?;
+        let w = Var::from_tensor(
+            &Tensor::arange(0f32, 12., &dev)?
+                .reshape((3, 4))?
+                .affine(0.1, -0.4)?,
+        )?;
         let x = Tensor::arange(0f32, 20., &dev)?
             .reshape((4, 5))?
             .affine(0.05 * (seed as f64 + 1.0), 0.3)?
@@ -165,8 +171,24 @@ mod tests {
                 let g2 = w2.matmul(&x)?.sqr()?.sum_all()?.backward()?;
                 theirs.step(&g2)?;
             }
-            let diff = (w1.as_tensor() - w2.as_tensor())?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let diff = (w1.as_tensor() - w2.as_tensor())?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
             assert_eq!(diff, 0.0, "weight decay {wd}");
+        }
+        Ok(())
+    }
+
+    /// The moment buffers must not hold an op graph (which would keep every step's forward
+    /// and backward alive): they are plain, untracked tensors after a step.
+    #[test]
+    fn buffers_hold_no_graph() -> Result<()> {
+        let (w, x) = problem(3)?;
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::default())?;
+        opt.step(&w.matmul(&x)?.sqr()?.sum_all()?.backward()?, 1e-2)?;
+        for t in opt.state().values() {
+            assert!(!t.track_op(), "optimizer buffer still tracks an op");
         }
         Ok(())
     }
@@ -189,8 +211,11 @@ mod tests {
         assert_eq!(run(None)?, run(Some(3))?);
         let (w, _) = problem(0)?;
         let mut opt = AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::default())?;
-        let bad: HashMap<String, Tensor> =
-            [("exp_avg.w".to_string(), Tensor::zeros(3, DType::F32, &Device::Cpu)?)].into();
+        let bad: HashMap<String, Tensor> = [(
+            "exp_avg.w".to_string(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu)?,
+        )]
+        .into();
         assert!(opt.load_state(&bad, 1).is_err());
         Ok(())
     }

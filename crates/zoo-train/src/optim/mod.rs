@@ -97,11 +97,7 @@ impl OptimizerConfig {
 }
 
 /// Takes `name` from a saved state map, checking its shape against `like`.
-pub(crate) fn take_buffer(
-    state: &HashMap<String, Tensor>,
-    name: &str,
-    like: &Tensor,
-) -> Result<Tensor> {
+pub(crate) fn take_buffer(state: &HashMap<String, Tensor>, name: &str, like: &Tensor) -> Result<Tensor> {
     let t = state.get(name).ok_or_else(|| {
         candle_core::Error::Msg(format!(
             "optimizer state has no `{name}`: it was saved for a different model"

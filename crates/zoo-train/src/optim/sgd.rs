@@ -81,7 +81,7 @@ impl Optimizer for Sgd {
             }
             if c.momentum != 0.0 {
                 let buf = match &slot.momentum_buffer {
-                    None => g.clone(),
+                    None => g.detach(),
                     Some(b) => ((b * c.momentum)? + (&g * (1.0 - c.dampening))?)?,
                 };
                 g = if c.nesterov {
@@ -89,7 +89,8 @@ impl Optimizer for Sgd {
                 } else {
                     buf.clone()
                 };
-                slot.momentum_buffer = Some(buf);
+                // Detached so the buffer does not keep this step's graph alive.
+                slot.momentum_buffer = Some(buf.detach());
             }
             slot.var.set(&(slot.var.as_tensor() - (g * lr)?)?)?;
         }
@@ -117,7 +118,9 @@ impl Optimizer for Sgd {
             s.momentum_buffer = if state.contains_key(&key) {
                 Some(take_buffer(state, &key, s.var.as_tensor())?)
             } else if self.cfg.momentum != 0.0 && steps > 0 {
-                candle_core::bail!("optimizer state has no `{key}` although {steps} momentum steps were taken")
+                candle_core::bail!(
+                    "optimizer state has no `{key}` although {steps} momentum steps were taken"
+                )
             } else {
                 None
             };
@@ -148,16 +151,46 @@ mod tests {
         // Plain: θ ← 0.9·θ.
         assert!((run(SgdConfig::default(), 2)? - 0.81).abs() < 1e-6);
         // Momentum 0.9: b1 = 1, θ1 = 0.9; g2 = 0.9, b2 = 0.9 + 0.9 = 1.8, θ2 = 0.72.
-        let m = SgdConfig { momentum: 0.9, ..Default::default() };
+        let m = SgdConfig {
+            momentum: 0.9,
+            ..Default::default()
+        };
         assert!((run(m, 2)? - 0.72).abs() < 1e-6);
         // Nesterov: b1 = 1, step 1 + 0.9 = 1.9, θ1 = 0.81; g2 = 0.81, b2 = 0.9 + 0.81 = 1.71,
         // step 0.81 + 0.9·1.71 = 2.349, θ2 = 0.81 − 0.2349 = 0.5751.
-        let n = SgdConfig { momentum: 0.9, nesterov: true, ..Default::default() };
+        let n = SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            ..Default::default()
+        };
         assert!((run(n, 2)? - 0.5751).abs() < 1e-6);
         // Weight decay 0.5 makes the gradient 1.5·θ: θ ← 0.85·θ.
-        let wd = SgdConfig { weight_decay: 0.5, ..Default::default() };
+        let wd = SgdConfig {
+            weight_decay: 0.5,
+            ..Default::default()
+        };
         assert!((run(wd, 1)? - 0.85).abs() < 1e-6);
-        assert!(Sgd::new(vec![], SgdConfig { nesterov: true, ..Default::default() }).is_err());
+        assert!(Sgd::new(
+            vec![],
+            SgdConfig {
+                nesterov: true,
+                ..Default::default()
+            }
+        )
+        .is_err());
+        // The momentum buffer must not keep the step's op graph alive.
+        let w = Var::new(&[1.0f32], &Device::Cpu)?;
+        let mut opt = Sgd::new(
+            vec![("w".into(), w.clone())],
+            SgdConfig {
+                momentum: 0.9,
+                ..Default::default()
+            },
+        )?;
+        for _ in 0..2 {
+            opt.step(&(w.as_tensor().sqr()? * 0.5)?.sum_all()?.backward()?, 0.1)?;
+        }
+        assert!(opt.state().values().all(|t| !t.track_op()));
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 use anyhow::Result;
 use candle_zoo::candle_core::{DType, Device, Module, Tensor, Var};
 use candle_zoo::candle_nn::{Conv2d, Conv2dConfig, Linear, VarMap};
+use candle_zoo::kernels::pool::max_pool2d;
 use candle_zoo::models::vision::{MnistCnn, MnistCnnConfig};
 use candle_zoo::train::optim::named_params;
 use candle_zoo::train::OptimizerConfig;

@@ -117,7 +117,7 @@ fn main() -> Result<()> {
     }
     let data = loader.load().with_context(|| format!("loading {dataset}"))?;
     println!(
-        "{dataset}: {} train / {} test images from {:?}",
+        "{dataset}: {} train / {} test images, {}",
         data.train.len(),
         data.test.len(),
         data.origin

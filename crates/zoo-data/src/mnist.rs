@@ -164,6 +164,18 @@ pub enum DataOrigin {
     Hub(Vec<PathBuf>),
 }
 
+impl std::fmt::Display for DataOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataOrigin::Directory(d) => write!(f, "IDX files in {}", d.display()),
+            DataOrigin::Hub(files) => {
+                let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "hub parquet {}", names.join(", "))
+            }
+        }
+    }
+}
+
 /// A loaded MNIST-format data set.
 #[derive(Debug, Clone)]
 pub struct MnistData {
@@ -209,7 +221,8 @@ impl MnistLoader {
 
     /// The repository's `data/` folder, where `data/mnist` ships.
     pub fn repository_data_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data")
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data");
+        dir.canonicalize().unwrap_or(dir)
     }
 
     /// Reads from this directory and nowhere else (the files, or a `mnist/`-style sub-folder).

@@ -1,7 +1,11 @@
 //! # zoo-kernels: candle-zoo's own compute kernels as candle ops
 //!
-//! The fused, trainable attention (CPU, CUDA behind `cuda`, Metal behind `metal`) and the
-//! CPU training kernels land here. For now this crate turns on the AVX-512 kernels of
-//! candle's matrix-multiply crate `gemm` (its `x86-v4` feature, which candle leaves off):
-//! every candle matmul in a program that links the zoo picks them at run time on CPUs that
-//! have AVX-512, and falls back to AVX2/SSE elsewhere.
+//! - [`pool::max_pool2d`]: max pooling whose backward is correct (candle 0.11.1's scales the
+//!   gradient by `1/k²` and misplaces it on odd-sized inputs).
+//!
+//! The fused, trainable attention (CPU, CUDA behind `cuda`, Metal behind `metal`) and further
+//! CPU training kernels land here next. This crate also turns on the AVX-512 kernels of
+//! candle's matrix-multiply crate `gemm` (its `x86-v4` feature, which candle leaves off); gemm
+//! picks them at run time on CPUs that have AVX-512 and falls back to AVX2/SSE elsewhere.
+
+pub mod pool;

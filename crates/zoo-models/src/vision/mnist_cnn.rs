@@ -4,6 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
+use zoo_kernels::pool::max_pool2d;
 use zoo_nn::init::{conv2d_glorot, linear_glorot};
 
 /// Sizes of [`MnistCnn`]; the defaults are the seed's network (93,322 parameters).
@@ -93,8 +94,9 @@ impl MnistCnn {
     /// The `hidden`-wide features before the classifier `fc2`, `(batch, hidden)`: what a new
     /// head is trained on when fine-tuning.
     pub fn features(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = self.conv1.forward(xs)?.relu()?.max_pool2d(2)?;
-        let xs = self.conv2.forward(&xs)?.relu()?.max_pool2d(2)?;
+        // zoo's max pool: candle 0.11.1's max_pool2d backward is wrong (see zoo_kernels::pool).
+        let xs = max_pool2d(&self.conv1.forward(xs)?.relu()?, 2)?;
+        let xs = max_pool2d(&self.conv2.forward(&xs)?.relu()?, 2)?;
         let xs = self.conv3.forward(&xs)?.relu()?.flatten_from(1)?;
         self.fc1.forward(&xs)?.relu()
     }

@@ -154,7 +154,12 @@ fn profile(dev: &Device, reps: usize) -> Result<()> {
         ),
         ("relu (64,32,26,26)", vec![64, 32, 26, 26], Box::new(|x| x.relu())),
         (
-            "maxpool2 (64,32,26,26)",
+            "maxpool2 zoo (64,32,26,26)",
+            vec![64, 32, 26, 26],
+            Box::new(|x| max_pool2d(x, 2)),
+        ),
+        (
+            "maxpool2 candle (64,32,26,26), wrong backward",
             vec![64, 32, 26, 26],
             Box::new(|x| x.max_pool2d(2)),
         ),
@@ -164,9 +169,9 @@ fn profile(dev: &Device, reps: usize) -> Result<()> {
             Box::new(|x| c2.forward(x)),
         ),
         (
-            "maxpool2 (64,64,11,11)",
+            "maxpool2 zoo (64,64,11,11)",
             vec![64, 64, 11, 11],
-            Box::new(|x| x.max_pool2d(2)),
+            Box::new(|x| max_pool2d(x, 2)),
         ),
         (
             "conv3 64->64 3x3",

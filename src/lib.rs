@@ -25,6 +25,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod device;
 
 pub use candle_core;
@@ -35,3 +37,8 @@ pub use zoo_kernels as kernels;
 pub use zoo_models as models;
 pub use zoo_nn as nn;
 pub use zoo_train as train;
+
+/// The README's examples, compiled as doctests so the front page cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

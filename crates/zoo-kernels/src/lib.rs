@@ -8,4 +8,6 @@
 //! candle's matrix-multiply crate `gemm` (its `x86-v4` feature, which candle leaves off); gemm
 //! picks them at run time on CPUs that have AVX-512 and falls back to AVX2/SSE elsewhere.
 
+#![warn(missing_docs)]
+
 pub mod pool;

@@ -53,7 +53,11 @@ macro_rules! float_dispatch {
         match $storage {
             CpuStorage::F32($v) => $body,
             CpuStorage::F64($v) => $body,
-            other => candle_core::bail!("{}: dtype {:?} is not supported on the CPU kernel", $name, other.dtype()),
+            other => candle_core::bail!(
+                "{}: dtype {:?} is not supported on the CPU kernel",
+                $name,
+                other.dtype()
+            ),
         }
     };
 }
@@ -65,26 +69,37 @@ fn contiguous<'a, T>(v: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]>
     }
 }
 
-fn pool_fwd<T: WithDType + PartialOrd>(x: &[T], (b, c, h, w): (usize, usize, usize, usize), k: usize) -> Vec<T> {
+/// NaN test for any float type: NaN is the only value not comparable with itself.
+fn is_nan<T: PartialOrd>(v: T) -> bool {
+    v.partial_cmp(&v).is_none()
+}
+
+fn pool_fwd<T: WithDType + PartialOrd>(
+    x: &[T],
+    (b, c, h, w): (usize, usize, usize, usize),
+    k: usize,
+) -> Vec<T> {
     let (oh, ow) = (h / k, w / k);
     let mut out = vec![T::from_f64(0.0); b * c * oh * ow];
-    out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(o, plane)| {
-        for i in 0..oh {
-            for j in 0..ow {
-                let mut m = plane[i * k * w + j * k];
-                for di in 0..k {
-                    for dj in 0..k {
-                        let v = plane[(i * k + di) * w + j * k + dj];
-                        // `v > m` keeps the first maximum; NaN propagates as in PyTorch.
-                        if v > m || v != v {
-                            m = v;
+    out.par_chunks_mut(oh * ow)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(o, plane)| {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut m = plane[i * k * w + j * k];
+                    for di in 0..k {
+                        for dj in 0..k {
+                            let v = plane[(i * k + di) * w + j * k + dj];
+                            // `v > m` keeps the first maximum; NaN propagates as in PyTorch.
+                            if v > m || is_nan(v) {
+                                m = v;
+                            }
                         }
                     }
+                    o[i * ow + j] = m;
                 }
-                o[i * ow + j] = m;
             }
-        }
-    });
+        });
     out
 }
 
@@ -133,7 +148,7 @@ fn pool_bwd<T: WithDType + PartialOrd>(
                         for dj in 0..k {
                             let idx = (i * k + di) * w + j * k + dj;
                             let (v, m) = (plane[idx], plane[best]);
-                            if v > m || (v != v && m == m) {
+                            if v > m || (is_nan(v) && !is_nan(m)) {
                                 best = idx;
                             }
                         }
@@ -150,17 +165,29 @@ impl CustomOp2 for MaxPool2dBackward {
         "zoo-max-pool2d-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims4()?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                pool_bwd(contiguous(x, l1, self.name())?, contiguous(g, l2, self.name())?, dims, self.k)
-                    .to_cpu_storage()
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                pool_bwd(contiguous(x, l1, self.name())?, contiguous(g, l2, self.name())?, dims, self.k)
-                    .to_cpu_storage()
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => pool_bwd(
+                contiguous(x, l1, self.name())?,
+                contiguous(g, l2, self.name())?,
+                dims,
+                self.k,
+            )
+            .to_cpu_storage(),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => pool_bwd(
+                contiguous(x, l1, self.name())?,
+                contiguous(g, l2, self.name())?,
+                dims,
+                self.k,
+            )
+            .to_cpu_storage(),
             _ => candle_core::bail!("{}: input and gradient must both be f32 or f64", self.name()),
         };
         Ok((out, l1.shape().clone()))
@@ -208,7 +235,14 @@ mod tests {
     #[test]
     fn forward_and_backward_match_the_definition_on_odd_sizes() -> Result<()> {
         let dev = Device::Cpu;
-        for (h, w, k) in [(5, 5, 2), (11, 11, 2), (26, 26, 2), (7, 9, 3), (2, 3, 2), (4, 4, 1)] {
+        for (h, w, k) in [
+            (5, 5, 2),
+            (11, 11, 2),
+            (26, 26, 2),
+            (7, 9, 3),
+            (2, 3, 2),
+            (4, 4, 1),
+        ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (1, 1, h, w), &dev)?)?;
             let (oh, ow) = (h / k, w / k);
             let r = Tensor::randn(0f32, 1., (1, 1, oh, ow), &dev)?;
@@ -216,9 +250,20 @@ mod tests {
             let rv = r.flatten_all()?.to_vec1::<f32>()?;
             let want = expected_grad(&xv, &rv, h, w, k);
             for composed in [false, true] {
-                let y = if composed { max_pool2d_composed(&x, k)? } else { max_pool2d(&x, k)? };
-                let reference = x.as_tensor().narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?.max_pool2d(k)?;
-                assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, reference.flatten_all()?.to_vec1::<f32>()?);
+                let y = if composed {
+                    max_pool2d_composed(&x, k)?
+                } else {
+                    max_pool2d(&x, k)?
+                };
+                let reference = x
+                    .as_tensor()
+                    .narrow(2, 0, oh * k)?
+                    .narrow(3, 0, ow * k)?
+                    .max_pool2d(k)?;
+                assert_eq!(
+                    y.flatten_all()?.to_vec1::<f32>()?,
+                    reference.flatten_all()?.to_vec1::<f32>()?
+                );
                 let g = (y * &r)?.sum_all()?.backward()?;
                 let got = g.get(&x).expect("gradient").flatten_all()?.to_vec1::<f32>()?;
                 assert_eq!(got, want, "{h}x{w} k={k} composed={composed}");
@@ -234,7 +279,10 @@ mod tests {
         let x = Var::from_tensor(&Tensor::arange(0f32, 16., &Device::Cpu)?.reshape((1, 1, 4, 4))?)?;
         let g = x.as_tensor().max_pool2d(2)?.sum_all()?.backward()?;
         let at_max = g.get(&x).expect("grad").flatten_all()?.to_vec1::<f32>()?[5];
-        assert_eq!(at_max, 0.25, "candle's max_pool2d backward changed: re-check zoo_kernels::pool");
+        assert_eq!(
+            at_max, 0.25,
+            "candle's max_pool2d backward changed: re-check zoo_kernels::pool"
+        );
         Ok(())
     }
 
@@ -246,9 +294,24 @@ mod tests {
         let y = max_pool2d(&x, 2)?;
         assert_eq!(y.dims(), &[3, 5, 4, 4]);
         let yc = max_pool2d_composed(&x, 2)?;
-        assert_eq!(y.flatten_all()?.to_vec1::<f64>()?, yc.flatten_all()?.to_vec1::<f64>()?);
-        let g1 = y.sum_all()?.backward()?.get(&x).expect("grad").flatten_all()?.to_vec1::<f64>()?;
-        let g2 = yc.sum_all()?.backward()?.get(&x).expect("grad").flatten_all()?.to_vec1::<f64>()?;
+        assert_eq!(
+            y.flatten_all()?.to_vec1::<f64>()?,
+            yc.flatten_all()?.to_vec1::<f64>()?
+        );
+        let g1 = y
+            .sum_all()?
+            .backward()?
+            .get(&x)
+            .expect("grad")
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let g2 = yc
+            .sum_all()?
+            .backward()?
+            .get(&x)
+            .expect("grad")
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         assert_eq!(g1, g2);
         assert_eq!(g1.iter().sum::<f64>(), (3 * 5 * 4 * 4) as f64);
         assert!(max_pool2d(&Tensor::zeros((1, 1, 1, 4), DType::F32, &dev)?, 2).is_err());

@@ -1,13 +1,21 @@
 //! # zoo-kernels: candle-zoo's own compute kernels as candle ops
 //!
+//! - [`flash_attention`]: fused, trainable scaled dot-product attention (forward and backward
+//!   kernels on the CPU; [`reference_attention`] from plain candle ops elsewhere).
 //! - [`pool::max_pool2d`]: max pooling whose backward is correct (candle 0.11.1's scales the
 //!   gradient by `1/k²` and misplaces it on odd-sized inputs).
 //!
-//! The fused, trainable attention (CPU, CUDA behind `cuda`, Metal behind `metal`) and further
-//! CPU training kernels land here next. This crate also turns on the AVX-512 kernels of
+//! CUDA (feature `cuda`) and Metal (feature `metal`) attention kernels and further CPU training
+//! kernels land here next. This crate also turns on the AVX-512 kernels of
 //! candle's matrix-multiply crate `gemm` (its `x86-v4` feature, which candle leaves off); gemm
 //! picks them at run time on CPUs that have AVX-512 and falls back to AVX2/SSE elsewhere.
 
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod pool;
+
+pub use attention::{
+    flash_attention, flash_attention_with_backend, reference_attention, AttentionBackend, AttentionMask,
+    AttentionOptions,
+};

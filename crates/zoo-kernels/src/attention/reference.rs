@@ -1,0 +1,102 @@
+//! Attention from plain candle ops: the definition the fused kernels are tested against, and
+//! the fallback where no fused kernel serves. Every op has a backward pass (it uses
+//! `candle_nn::ops::softmax`, not the gradient-less `softmax_last_dim`).
+
+use super::{kv_lengths_host, scale_of, validate, AttentionMask, AttentionOptions, Dims};
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// Reference attention with the same signature and semantics as
+/// [`flash_attention`](super::flash_attention); materializes the `(q_len × kv_len)` scores.
+/// Half-precision inputs are computed in f32 and returned in their dtype; f64 stays f64.
+pub fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
+    let dims = validate(q, k, v, opts)?;
+    attention(q, k, v, opts, dims)
+}
+
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+    dims: Dims,
+) -> Result<Tensor> {
+    let Dims { b, h, hkv, nk, d, .. } = dims;
+    let in_dtype = q.dtype();
+    let work = match in_dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        dt => dt,
+    };
+    let (q, k, v) = (q.to_dtype(work)?, k.to_dtype(work)?, v.to_dtype(work)?);
+    let (k, v) = if hkv != h {
+        let g = h / hkv;
+        let expand = |t: &Tensor| -> Result<Tensor> {
+            t.unsqueeze(2)?.expand((b, hkv, g, nk, d))?.reshape((b, h, nk, d))
+        };
+        (expand(&k)?, expand(&v)?)
+    } else {
+        (k, v)
+    };
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale_of(opts, d))?;
+    let scores = match additive_bias(opts, dims, work, q.device())? {
+        Some(bias) => scores.broadcast_add(&bias)?,
+        None => scores,
+    };
+    // Rows that see no key: softmax of all -inf is NaN. Give them zeros instead (finite
+    // scores, then multiply the probabilities by 0), which also zeroes their gradient.
+    let visible = scores.max_keepdim(D::Minus1)?.ne(f64::NEG_INFINITY)?;
+    let safe = visible
+        .broadcast_as(scores.shape())?
+        .where_cond(&scores, &scores.zeros_like()?)?;
+    let probs = candle_nn::ops::softmax(&safe, D::Minus1)?.broadcast_mul(&visible.to_dtype(work)?)?;
+    probs.matmul(&v.contiguous()?)?.to_dtype(in_dtype)
+}
+
+/// The causal, key-padding and user masks as one additive tensor broadcastable to
+/// `(batch, heads, q_len, kv_len)`, or `None` when nothing is masked.
+pub(crate) fn additive_bias(
+    opts: &AttentionOptions,
+    dims: Dims,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let Dims { b, nq, nk, .. } = dims;
+    let mut parts: Vec<Tensor> = Vec::new();
+    if opts.causal {
+        let bias: Vec<f32> = (0..nq)
+            .flat_map(|i| (0..nk).map(move |j| if j + nq <= i + nk { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        parts.push(Tensor::from_vec(bias, (1, 1, nq, nk), device)?);
+    }
+    if let Some(lens) = kv_lengths_host(opts, nk)? {
+        let bias: Vec<f32> = lens
+            .iter()
+            .flat_map(|&l| (0..nk).map(move |j| if j < l { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        parts.push(Tensor::from_vec(bias, (b, 1, 1, nk), device)?);
+    }
+    if let Some(mask) = &opts.mask {
+        let t = match mask {
+            AttentionMask::Allow(t) => {
+                let allowed = t.ne(0u32)?;
+                allowed.where_cond(
+                    &t.zeros_like()?.to_dtype(DType::F32)?,
+                    &Tensor::full(f32::NEG_INFINITY, t.shape(), device)?,
+                )?
+            }
+            AttentionMask::Additive(t) => t.to_dtype(DType::F32)?,
+        };
+        let pad = 4 - t.rank();
+        let shape: Vec<usize> = std::iter::repeat_n(1, pad)
+            .chain(t.dims().iter().copied())
+            .collect();
+        parts.push(t.reshape(shape)?);
+    }
+    let mut bias: Option<Tensor> = None;
+    for p in parts {
+        bias = Some(match bias {
+            None => p,
+            Some(acc) => acc.broadcast_add(&p)?,
+        });
+    }
+    bias.map(|t| t.to_dtype(dtype)).transpose()
+}

@@ -1,7 +1,8 @@
 //! # zoo-nn: layers for candle-zoo
 //!
-//! Building blocks shared by the zoo's models. Today: reproducible, Keras-style
-//! initialization ([`init`]). Attention and the Transformer layers build on `zoo-kernels`.
+//! Building blocks shared by the zoo's models: reproducible, Keras-style initialization
+//! ([`init`]) and PyTorch-compatible [`MultiHeadAttention`] on the fused attention kernel.
+//! The Transformer layers build on these.
 //!
 //! ```
 //! use candle_core::{DType, Device, Module, Tensor};
@@ -16,4 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod init;
+
+pub use attention::{MhaArgs, MhaOutput, MultiHeadAttention, MultiHeadAttentionConfig};

@@ -7,12 +7,14 @@
 //! loaded once per group (this is what makes grouped-query decoding fast), and the backward
 //! pass owns dQ for the whole group, so per-(batch, kv-head) tasks never write the same memory.
 //!
-//! Block products go through the `gemm` crate (AVX-512 / AVX2 / FMA picked at run time; its
-//! `x86-v4` feature is on). The softmax loops between them are compiled three times — for
-//! AVX-512, AVX2+FMA and the baseline — and chosen at run time, since a portable build would
-//! otherwise leave them at SSE2.
+//! Scores are kept transposed, `Sᵀ = K · (scale·Q)ᵀ` as (keys × query rows): the online
+//! softmax then runs down the columns, vectorized across query rows, with no horizontal
+//! reductions; `Qᵀ` (and `dOᵀ`) are packed once per query block, K and V are used in place.
+//! Block products are the register-tiled micro-kernels of `microkernel.rs`; the loops between
+//! them are compiled for AVX-512, AVX2+FMA and the baseline and chosen at run time (a portable
+//! build would otherwise leave them at SSE2).
 
-use gemm::Parallelism;
+use super::microkernel::{nn, tn};
 use rayon::prelude::*;
 
 /// Query rows per block.
@@ -70,59 +72,6 @@ impl Params<'_> {
         }
         hi
     }
-
-    /// Adds the mask of (batch `b`, head `h`, query `i`) for keys `j0..j0 + row.len()`.
-    #[inline(always)]
-    fn add_mask(&self, row: &mut [f32], b: usize, h: usize, i: usize, j0: usize) {
-        if let Some(m) = self.mask {
-            let [sb, sh, si, sj] = m.strides;
-            let base = b * sb + h * sh + i * si + j0 * sj;
-            let n = row.len();
-            if sj == 1 {
-                for (x, &a) in row.iter_mut().zip(&m.data[base..base + n]) {
-                    *x += a;
-                }
-            } else {
-                for (c, x) in row.iter_mut().enumerate() {
-                    *x += m.data[base + c * sj];
-                }
-            }
-        }
-    }
-}
-
-/// Runs the body once per call, compiled for the best instruction set the CPU has.
-macro_rules! multiversion {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
-        $(#[$meta])*
-        #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            #[allow(clippy::too_many_arguments)]
-            fn inner($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                unsafe fn avx512($($arg: $ty),*) { inner($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                unsafe fn avx2($($arg: $ty),*) { inner($($arg),*) }
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512vl")
-                    && std::is_x86_feature_detected!("avx512dq")
-                {
-                    // SAFETY: the CPU supports every feature the function was compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            inner($($arg),*)
-        }
-    };
 }
 
 /// `exp(x)` for the softmax: within ~2e-7 relative, branch-free so loops over it vectorize.
@@ -151,117 +100,43 @@ fn exp_f32(x: f32) -> f32 {
     }
 }
 
-/// Maximum of a row (`-inf` for an empty row).
+/// Packs `rows` rows of `src` (row stride `d`) transposed and scaled into `dst` `(d × rp)`,
+/// with columns `rows..rp` zero.
 #[inline(always)]
-fn row_max(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 16];
-    let chunks = x.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..16 {
-            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+fn pack_transposed(dst: &mut [f32], src: &[f32], rows: usize, rp: usize, d: usize, scale: f32) {
+    dst[..d * rp].fill(0.0);
+    for r in 0..rows {
+        for (e, &x) in src[r * d..(r + 1) * d].iter().enumerate() {
+            dst[e * rp + r] = x * scale;
         }
     }
-    let mut m = f32::NEG_INFINITY;
-    for &v in rest.iter().chain(acc.iter()) {
-        if v > m {
-            m = v;
-        }
-    }
-    m
 }
 
-/// Replaces `x` by `exp(x - shift)` and returns the sum.
-#[inline(always)]
-fn exp_shift_sum(x: &mut [f32], shift: f32) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut chunks = x.chunks_exact_mut(16);
-    for c in chunks.by_ref() {
-        for l in 0..16 {
-            let e = exp_f32(c[l] - shift);
-            c[l] = e;
-            acc[l] += e;
-        }
-    }
-    let mut sum = 0f32;
-    for v in chunks.into_remainder() {
-        *v = exp_f32(*v - shift);
-        sum += *v;
-    }
-    sum + acc.iter().sum::<f32>()
-}
-
-/// One online-softmax step for a row of scores whose first `valid` entries are visible:
-/// turns the row into unnormalized probabilities against the new running maximum, updates
-/// the running maximum `m` and sum `l`, and returns the factor the row's output accumulator
-/// must be multiplied by.
-#[inline(always)]
-fn online_softmax_row(row: &mut [f32], valid: usize, m: &mut f32, l: &mut f32) -> f32 {
-    let (vis, hidden) = row.split_at_mut(valid);
-    hidden.fill(0.0);
-    let m_new = row_max(vis).max(*m);
-    if m_new == f32::NEG_INFINITY {
-        // Nothing visible yet in this row: it contributes nothing.
-        vis.fill(0.0);
-        return 1.0;
-    }
-    let alpha = if *m == f32::NEG_INFINITY {
-        0.0
-    } else {
-        (*m - m_new).exp()
-    };
-    let sum = exp_shift_sum(vis, m_new);
-    *l = *l * alpha + sum;
-    *m = m_new;
-    alpha
-}
-
-/// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`, all strides in elements.
+/// Adds the additive mask to a transposed score block `st (bk × rp)` for stacked rows
+/// `r0..r0 + rb` of group `(bi, kvh)` and keys `j0..j0 + bk`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-    beta: f32,
+fn add_mask_transposed(
+    p: &Params,
+    st: &mut [f32],
+    rp: usize,
+    bk: usize,
+    bi: usize,
+    kvh: usize,
+    r0: usize,
+    rb: usize,
+    j0: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    debug_assert!(dst.len() > (m - 1) * dst_rs + n - 1);
-    if k > 0 {
-        debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-        debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    }
-    // SAFETY: the slices cover every element the strides address (checked above in debug
-    // builds, and by construction at every call site).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
+    let Some(m) = p.mask else { return };
+    let Dims { h, hkv, nq, .. } = p.dims;
+    let g = h / hkv;
+    let [sb, sh, si, sj] = m.strides;
+    for r in 0..rb {
+        let row = r0 + r;
+        let base = bi * sb + (kvh * g + row / nq) * sh + (row % nq) * si + j0 * sj;
+        for c in 0..bk {
+            st[c * rp + r] += m.data[base + c * sj];
+        }
     }
 }
 
@@ -307,38 +182,78 @@ multiversion! {
         let Dims { h, hkv, nq, nk, d, .. } = p.dims;
         let g = h / hkv;
         let rb = lse_blk.len();
+        let rp = rb.div_ceil(16) * 16;
         let q_blk = &q[((bi * h + kvh * g) * nq + r0) * d..][..rb * d];
         let kv_base = (bi * hkv + kvh) * nk * d;
         let (k_all, v_all) = (&k[kv_base..kv_base + nk * d], &v[kv_base..kv_base + nk * d]);
-        let mut hi = [0usize; BLOCK_Q];
+        let mut qt = vec![0f32; d * rp];
+        pack_transposed(&mut qt, q_blk, rb, rp, d, p.scale);
+        // Per stacked row: keys visible before the additive mask (0 for padding rows).
+        let mut hi = vec![0usize; rp];
         for (r, x) in hi[..rb].iter_mut().enumerate() {
             *x = p.hi(bi, (r0 + r) % nq);
         }
         let max_hi = hi[..rb].iter().copied().max().unwrap_or(0);
         let min_hi = hi[..rb].iter().copied().min().unwrap_or(0);
-        let mut m = [f32::NEG_INFINITY; BLOCK_Q];
-        let mut l = [0f32; BLOCK_Q];
-        let mut s = vec![0f32; BLOCK_Q * BLOCK_K];
+        let mut m = vec![f32::NEG_INFINITY; rp];
+        let mut l = vec![0f32; rp];
+        let mut m_new = vec![0f32; rp];
+        let mut sum = vec![0f32; rp];
+        let mut st = vec![0f32; BLOCK_K * rp];
         o_blk.fill(0.0);
         for j0 in (0..max_hi).step_by(BLOCK_K) {
             let bk = BLOCK_K.min(max_hi - j0);
-            // S = scale · Q Kᵀ
-            matmul((rb, bk, d), &mut s, bk, false, q_blk, (d, 1), &k_all[j0 * d..], (1, d), p.scale);
+            // Sᵀ = K (scale·Q)ᵀ, (bk × rp)
+            nn((bk, rp, d), &k_all[j0 * d..], d, &qt, rp, &mut st, rp, false);
+            add_mask_transposed(p, &mut st, rp, bk, bi, kvh, r0, rb, j0);
             let partial = p.mask.is_some() || j0 + bk > min_hi;
+            if partial {
+                // Hide keys beyond each row's limit (and all keys of padding rows).
+                for c in 0..bk {
+                    let row = &mut st[c * rp..(c + 1) * rp];
+                    for (x, &lim) in row.iter_mut().zip(&hi) {
+                        if j0 + c >= lim {
+                            *x = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+            m_new.copy_from_slice(&m);
+            for c in 0..bk {
+                for (mx, &x) in m_new.iter_mut().zip(&st[c * rp..(c + 1) * rp]) {
+                    *mx = if x > *mx { x } else { *mx };
+                }
+            }
+            // Shift by the new maximum (0 where a row still sees nothing: exp(-inf) = 0).
+            for (mx, s) in m_new.iter_mut().zip(sum.iter_mut()) {
+                *s = 0.0;
+                if *mx == f32::NEG_INFINITY {
+                    *mx = 0.0;
+                }
+            }
+            for c in 0..bk {
+                let row = &mut st[c * rp..(c + 1) * rp];
+                for ((x, &mx), s) in row.iter_mut().zip(&m_new).zip(sum.iter_mut()) {
+                    let e = exp_f32(*x - mx);
+                    *x = e;
+                    *s += e;
+                }
+            }
             for r in 0..rb {
-                let row = &mut s[r * bk..(r + 1) * bk];
-                let valid = if partial { hi[r].saturating_sub(j0).min(bk) } else { bk };
-                let row_idx = r0 + r;
-                p.add_mask(&mut row[..valid], bi, kvh * g + row_idx / nq, row_idx % nq, j0);
-                let alpha = online_softmax_row(row, valid, &mut m[r], &mut l[r]);
+                // m[r] = -inf: nothing accumulated yet, alpha = 0 (and O, l are 0 anyway).
+                let alpha = if m[r] == f32::NEG_INFINITY { 0.0 } else { (m[r] - m_new[r]).exp() };
+                l[r] = l[r] * alpha + sum[r];
+                if sum[r] > 0.0 || m[r] != f32::NEG_INFINITY {
+                    m[r] = m_new[r].max(m[r]);
+                }
                 if alpha != 1.0 {
                     for x in &mut o_blk[r * d..(r + 1) * d] {
                         *x *= alpha;
                     }
                 }
             }
-            // O += P V
-            matmul((rb, d, bk), o_blk, d, true, &s, (bk, 1), &v_all[j0 * d..], (d, 1), 1.0);
+            // O += P V with P = (Sᵀ)ᵀ
+            tn((rb, d, bk), &st, rp, &v_all[j0 * d..], d, o_blk, d, true);
         }
         for r in 0..rb {
             let o_row = &mut o_blk[r * d..(r + 1) * d];
@@ -401,7 +316,8 @@ multiversion! {
 }
 
 multiversion! {
-    /// All gradients of one (batch, kv-head) group: dK, dV of the kv head and dQ of its query heads.
+    /// All gradients of one (batch, kv-head) group: dK, dV of the kv head and dQ of its query
+    /// heads. Query blocks are the outer loop, so Qᵀ and dOᵀ are packed once per block.
     fn backward_group(
         q: &[f32],
         k: &[f32],
@@ -420,65 +336,65 @@ multiversion! {
         let g = h / hkv;
         let rows = g * nq;
         let row_base = (bi * h + kvh * g) * nq;
-        let q_group = &q[row_base * d..(row_base + rows) * d];
-        let do_group = &dout[row_base * d..(row_base + rows) * d];
-        let lse_group = &lse[row_base..row_base + rows];
-        let delta_group = &delta[row_base..row_base + rows];
         let kv_base = (bi * hkv + kvh) * nk * d;
         let (k_all, v_all) = (&k[kv_base..kv_base + nk * d], &v[kv_base..kv_base + nk * d]);
-        let hi: Vec<usize> = (0..rows).map(|r| p.hi(bi, r % nq)).collect();
-        let blocks: Vec<(usize, usize, usize, usize)> = (0..rows)
-            .step_by(BLOCK_Q)
-            .map(|r0| {
-                let rb = BLOCK_Q.min(rows - r0);
-                let his = &hi[r0..r0 + rb];
-                (r0, rb, his.iter().copied().min().unwrap_or(0), his.iter().copied().max().unwrap_or(0))
-            })
-            .collect();
-        let mut s = vec![0f32; BLOCK_Q * BLOCK_K];
-        let mut dp = vec![0f32; BLOCK_Q * BLOCK_K];
-        for j0 in (0..nk).step_by(BLOCK_K) {
-            let bk = BLOCK_K.min(nk - j0);
-            let (k_blk, v_blk) = (&k_all[j0 * d..], &v_all[j0 * d..]);
-            for &(r0, rb, min_hi, max_hi) in &blocks {
-                if max_hi <= j0 {
-                    continue; // no row of this block sees any key of this block
+        let rp_max = BLOCK_Q;
+        let mut qt = vec![0f32; d * rp_max];
+        let mut dot = vec![0f32; d * rp_max];
+        let mut st = vec![0f32; BLOCK_K * rp_max];
+        let mut dpt = vec![0f32; BLOCK_K * rp_max];
+        let mut hi = vec![0usize; rp_max];
+        let mut lse_b = vec![0f32; rp_max];
+        let mut delta_b = vec![0f32; rp_max];
+        for r0 in (0..rows).step_by(BLOCK_Q) {
+            let rb = BLOCK_Q.min(rows - r0);
+            let rp = rb.div_ceil(16) * 16;
+            let q_blk = &q[(row_base + r0) * d..(row_base + r0 + rb) * d];
+            let do_blk = &dout[(row_base + r0) * d..(row_base + r0 + rb) * d];
+            pack_transposed(&mut qt, q_blk, rb, rp, d, p.scale);
+            pack_transposed(&mut dot, do_blk, rb, rp, d, 1.0);
+            hi[..rp].fill(0);
+            lse_b[..rp].fill(f32::NEG_INFINITY);
+            delta_b[..rp].fill(0.0);
+            for r in 0..rb {
+                hi[r] = p.hi(bi, (r0 + r) % nq);
+                lse_b[r] = lse[row_base + r0 + r];
+                delta_b[r] = delta[row_base + r0 + r];
+                if lse_b[r] == f32::NEG_INFINITY {
+                    hi[r] = 0; // a row that sees no key has zero gradient
                 }
-                let q_blk = &q_group[r0 * d..];
-                let do_blk = &do_group[r0 * d..];
-                // P = exp(scale · Q Kᵀ + mask - lse)
-                matmul((rb, bk, d), &mut s, bk, false, q_blk, (d, 1), k_blk, (1, d), p.scale);
+            }
+            let max_hi = hi[..rb].iter().copied().max().unwrap_or(0);
+            let min_hi = hi[..rb].iter().copied().min().unwrap_or(0);
+            let dq_blk = &mut dq_group[r0 * d..(r0 + rb) * d];
+            for j0 in (0..max_hi).step_by(BLOCK_K) {
+                let bk = BLOCK_K.min(max_hi - j0);
+                let (k_blk, v_blk) = (&k_all[j0 * d..], &v_all[j0 * d..]);
+                // Pᵀ = exp(K (scale·Q)ᵀ + mask − lse)
+                nn((bk, rp, d), k_blk, d, &qt, rp, &mut st, rp, false);
+                add_mask_transposed(p, &mut st, rp, bk, bi, kvh, r0, rb, j0);
                 let partial = p.mask.is_some() || j0 + bk > min_hi;
-                for r in 0..rb {
-                    let row = &mut s[r * bk..(r + 1) * bk];
-                    let valid = if partial { hi[r0 + r].saturating_sub(j0).min(bk) } else { bk };
-                    let (vis, hidden) = row.split_at_mut(valid);
-                    hidden.fill(0.0);
-                    let row_idx = r0 + r;
-                    let lse_r = lse_group[row_idx];
-                    if lse_r == f32::NEG_INFINITY {
-                        vis.fill(0.0); // a row that sees no key has zero gradient
-                        continue;
-                    }
-                    p.add_mask(vis, bi, kvh * g + row_idx / nq, row_idx % nq, j0);
-                    for x in vis.iter_mut() {
-                        *x = exp_f32(*x - lse_r);
+                for c in 0..bk {
+                    let row = &mut st[c * rp..(c + 1) * rp];
+                    for ((x, &lim), &ls) in row.iter_mut().zip(&hi[..rp]).zip(&lse_b[..rp]) {
+                        let visible = !partial || j0 + c < lim;
+                        *x = if visible { exp_f32(*x - ls) } else { 0.0 };
                     }
                 }
-                // dV += Pᵀ dO
-                matmul((bk, d, rb), &mut dv_head[j0 * d..], d, true, &s, (1, bk), do_blk, (d, 1), 1.0);
-                // dP = dO Vᵀ
-                matmul((rb, bk, d), &mut dp, bk, false, do_blk, (d, 1), v_blk, (1, d), 1.0);
-                // dS = P ∘ (dP − delta), scaled: the gradient of Q Kᵀ.
-                for r in 0..rb {
-                    let dl = delta_group[r0 + r];
-                    for (x, &pv) in dp[r * bk..(r + 1) * bk].iter_mut().zip(&s[r * bk..(r + 1) * bk]) {
+                // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ − delta) · scale (the gradient of Q Kᵀ)
+                nn((bk, rp, d), v_blk, d, &dot, rp, &mut dpt, rp, false);
+                for c in 0..bk {
+                    let (pr, dr) = (&st[c * rp..(c + 1) * rp], &mut dpt[c * rp..(c + 1) * rp]);
+                    for ((x, &pv), &dl) in dr.iter_mut().zip(pr).zip(&delta_b[..rp]) {
                         *x = pv * (*x - dl) * p.scale;
                     }
                 }
-                // dQ += dS K, dK += dSᵀ Q
-                matmul((rb, d, bk), &mut dq_group[r0 * d..], d, true, &dp, (bk, 1), k_blk, (d, 1), 1.0);
-                matmul((bk, d, rb), &mut dk_head[j0 * d..], d, true, &dp, (1, bk), q_blk, (d, 1), 1.0);
+                // dV += P dO... in kv-major form: dV[c] += Σ_r Pᵀ[c][r] dO[r]
+                nn((bk, d, rb), &st, rp, do_blk, d, &mut dv_head[j0 * d..], d, true);
+                // dK[c] += Σ_r dSᵀ[c][r] Q[r]
+                nn((bk, d, rb), &dpt, rp, q_blk, d, &mut dk_head[j0 * d..], d, true);
+                // dQ[r] += Σ_c dSᵀ[c][r] K[c]
+                tn((rb, d, bk), &dpt, rp, k_blk, d, dq_blk, d, true);
             }
         }
     }

@@ -1,0 +1,396 @@
+//! `MultiHeadAttention` with the semantics and parameter names of PyTorch's
+//! `nn.MultiheadAttention`, running on the zoo's fused attention kernel.
+//!
+//! A PyTorch `state_dict` saved as safetensors loads unchanged: `in_proj_weight (3E, E)` and
+//! `in_proj_bias (3E)` when key and value have the embedding width, otherwise
+//! `q_proj_weight (E, E)`, `k_proj_weight (E, kdim)`, `v_proj_weight (E, vdim)`; then
+//! `out_proj.weight (E, E)`, `out_proj.bias (E)`. Beyond PyTorch, `num_kv_heads` gives
+//! grouped-query attention: the key/value rows of `in_proj_weight` shrink to
+//! `num_kv_heads · head_dim` each.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Init, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use zoo_kernels::attention::{
+    flash_attention_with_backend, AttentionBackend, AttentionMask, AttentionOptions,
+};
+
+/// Sizes and options of [`MultiHeadAttention`]; field names and defaults follow PyTorch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MultiHeadAttentionConfig {
+    /// Model width `E`.
+    pub embed_dim: usize,
+    /// Query heads; must divide `embed_dim`.
+    pub num_heads: usize,
+    /// Key/value heads for grouped-query attention (`None`: `num_heads`, as PyTorch).
+    pub num_kv_heads: Option<usize>,
+    /// Dropout on the attention probabilities while training.
+    pub dropout: f32,
+    /// Biases on the input and output projections.
+    pub bias: bool,
+    /// Width of the keys (`None`: `embed_dim`).
+    pub kdim: Option<usize>,
+    /// Width of the values (`None`: `embed_dim`).
+    pub vdim: Option<usize>,
+    /// Inputs are `(batch, seq, feature)` (true, the default here) or `(seq, batch, feature)`.
+    pub batch_first: bool,
+}
+
+impl Default for MultiHeadAttentionConfig {
+    fn default() -> Self {
+        Self {
+            embed_dim: 512,
+            num_heads: 8,
+            num_kv_heads: None,
+            dropout: 0.0,
+            bias: true,
+            kdim: None,
+            vdim: None,
+            batch_first: true,
+        }
+    }
+}
+
+/// Per-call inputs besides query, key and value (PyTorch's `forward` keywords).
+#[derive(Debug, Clone, Default)]
+pub struct MhaArgs<'a> {
+    /// `(batch, src_len)`: an integer tensor where non-zero marks padding to ignore (PyTorch's
+    /// boolean `True`), or a float tensor added to the scores.
+    pub key_padding_mask: Option<&'a Tensor>,
+    /// `(tgt_len, src_len)` or `(batch·num_heads, tgt_len, src_len)`: integer, non-zero = NOT
+    /// allowed (PyTorch's boolean convention), or float, added to the scores.
+    pub attn_mask: Option<&'a Tensor>,
+    /// Causal attention (aligned bottom-right when `tgt_len != src_len`, as in KV-cache decoding).
+    pub is_causal: bool,
+    /// Also return the attention probabilities (computed by the reference path).
+    pub need_weights: bool,
+    /// Average the returned probabilities over heads: `(batch, tgt, src)` instead of
+    /// `(batch, heads, tgt, src)`.
+    pub average_attn_weights: bool,
+    /// Training mode: attention dropout is applied only then.
+    pub train: bool,
+}
+
+/// The result of [`MultiHeadAttention::forward`].
+#[derive(Debug, Clone)]
+pub struct MhaOutput {
+    /// `(batch, tgt_len, embed_dim)` (or `(tgt_len, batch, embed_dim)` when not batch-first).
+    pub output: Tensor,
+    /// Attention probabilities when `need_weights` was set.
+    pub weights: Option<Tensor>,
+    /// Which attention implementation ran.
+    pub backend: AttentionBackend,
+}
+
+/// The input projections: packed as PyTorch packs them when q, k, v share the width.
+#[derive(Debug, Clone)]
+enum InProj {
+    Packed {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+    Separate {
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        bias: Option<Tensor>,
+    },
+}
+
+/// Multi-head (and grouped-query) attention; see the module docs.
+#[derive(Debug, Clone)]
+pub struct MultiHeadAttention {
+    in_proj: InProj,
+    out_proj: Linear,
+    cfg: MultiHeadAttentionConfig,
+    head_dim: usize,
+    kv_heads: usize,
+}
+
+impl MultiHeadAttention {
+    /// Builds the layer through `vb` with PyTorch's initialization: Xavier-uniform input
+    /// projections, zero biases, and `out_proj.weight` uniform in ±1/sqrt(E).
+    pub fn new(cfg: &MultiHeadAttentionConfig, vb: VarBuilder) -> Result<Self> {
+        let e = cfg.embed_dim;
+        if cfg.num_heads == 0 || e % cfg.num_heads != 0 {
+            candle_core::bail!(
+                "MultiHeadAttention: num_heads ({}) must divide embed_dim ({e})",
+                cfg.num_heads
+            );
+        }
+        let kv_heads = cfg.num_kv_heads.unwrap_or(cfg.num_heads);
+        if kv_heads == 0 || cfg.num_heads % kv_heads != 0 {
+            candle_core::bail!(
+                "MultiHeadAttention: num_kv_heads ({kv_heads}) must divide num_heads ({})",
+                cfg.num_heads
+            );
+        }
+        if !(0.0..1.0).contains(&cfg.dropout) {
+            candle_core::bail!("MultiHeadAttention: dropout {} must be in [0, 1)", cfg.dropout);
+        }
+        let head_dim = e / cfg.num_heads;
+        let kv_e = kv_heads * head_dim;
+        let (kdim, vdim) = (cfg.kdim.unwrap_or(e), cfg.vdim.unwrap_or(e));
+        let xavier = |rows: usize, cols: usize| {
+            let a = (6.0 / (rows + cols) as f64).sqrt();
+            Init::Uniform { lo: -a, up: a }
+        };
+        let bias = if cfg.bias {
+            Some(vb.get_with_hints(e + 2 * kv_e, "in_proj_bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        let in_proj = if kdim == e && vdim == e {
+            let rows = e + 2 * kv_e;
+            // PyTorch draws the packed (3E, E) matrix with Xavier bounds over its full shape.
+            InProj::Packed {
+                weight: vb.get_with_hints((rows, e), "in_proj_weight", xavier(rows, e))?,
+                bias,
+            }
+        } else {
+            InProj::Separate {
+                q: vb.get_with_hints((e, e), "q_proj_weight", xavier(e, e))?,
+                k: vb.get_with_hints((kv_e, kdim), "k_proj_weight", xavier(kv_e, kdim))?,
+                v: vb.get_with_hints((kv_e, vdim), "v_proj_weight", xavier(kv_e, vdim))?,
+                bias,
+            }
+        };
+        let bound = 1.0 / (e as f64).sqrt();
+        let ow = vb.pp("out_proj").get_with_hints(
+            (e, e),
+            "weight",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let ob = if cfg.bias {
+            Some(vb.pp("out_proj").get_with_hints(e, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            in_proj,
+            out_proj: Linear::new(ow, ob),
+            cfg: cfg.clone(),
+            head_dim,
+            kv_heads,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MultiHeadAttentionConfig {
+        &self.cfg
+    }
+
+    /// Projects `x (batch, len, in)` with rows `rows` of the input projection.
+    fn project(&self, x: &Tensor, which: usize) -> Result<Tensor> {
+        let e = self.cfg.embed_dim;
+        let kv_e = self.kv_heads * self.head_dim;
+        let (start, len) = match which {
+            0 => (0, e),
+            1 => (e, kv_e),
+            _ => (e + kv_e, kv_e),
+        };
+        let (w, b) = match &self.in_proj {
+            InProj::Packed { weight, bias } => (weight.narrow(0, start, len)?, bias),
+            InProj::Separate { q, k, v, bias } => ([q, k, v][which].clone(), bias),
+        };
+        let y = x.broadcast_matmul(&w.t()?)?;
+        match b {
+            Some(b) => y.broadcast_add(&b.narrow(0, start, len)?),
+            None => Ok(y),
+        }
+    }
+
+    /// `(batch, len, heads·head_dim)` → `(batch, heads, len, head_dim)`.
+    fn split_heads(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        x.reshape((b, l, heads, self.head_dim))?.transpose(1, 2)
+    }
+
+    /// Attention of `query (batch, tgt, E)` over `key (batch, src, kdim)` and
+    /// `value (batch, src, vdim)` (sequence-first when `batch_first` is false).
+    pub fn forward(&self, query: &Tensor, key: &Tensor, value: &Tensor, args: &MhaArgs) -> Result<MhaOutput> {
+        let bf = |t: &Tensor| {
+            if self.cfg.batch_first {
+                Ok(t.clone())
+            } else {
+                t.transpose(0, 1)
+            }
+        };
+        let (query, key, value) = (bf(query)?, bf(key)?, bf(value)?);
+        let (b, tgt, e) = query.dims3()?;
+        let (bk, src, _) = key.dims3()?;
+        if e != self.cfg.embed_dim || bk != b || value.dims3()?.1 != src {
+            candle_core::bail!(
+                "MultiHeadAttention: query {:?}, key {:?}, value {:?} do not fit embed_dim {} (batch and source lengths must agree)",
+                query.dims(),
+                key.dims(),
+                value.dims(),
+                self.cfg.embed_dim
+            );
+        }
+        let h = self.cfg.num_heads;
+        let q = self.split_heads(&self.project(&query, 0)?, h)?;
+        let k = self.split_heads(&self.project(&key, 1)?, self.kv_heads)?;
+        let v = self.split_heads(&self.project(&value, 2)?, self.kv_heads)?;
+        let mask = self.combined_mask(args, b, tgt, src, q.dtype())?;
+        let opts = AttentionOptions {
+            causal: args.is_causal,
+            mask,
+            ..Default::default()
+        };
+        let dropout = if args.train { self.cfg.dropout } else { 0.0 };
+        let (ctx, weights, backend) = if args.need_weights || dropout > 0.0 {
+            let why = if dropout > 0.0 {
+                "attention dropout while training"
+            } else {
+                "need_weights"
+            };
+            let (ctx, probs) = explicit_attention(&q, &k, &v, &opts, dropout)?;
+            let weights = if args.need_weights {
+                Some(if args.average_attn_weights {
+                    probs.mean(1)?
+                } else {
+                    probs
+                })
+            } else {
+                None
+            };
+            (ctx, weights, AttentionBackend::Reference(why.into()))
+        } else {
+            let (ctx, backend) = flash_attention_with_backend(&q, &k, &v, &opts)?;
+            (ctx, None, backend)
+        };
+        let ctx = ctx.transpose(1, 2)?.reshape((b, tgt, e))?;
+        let out = self.out_proj.forward(&ctx)?;
+        let output = if self.cfg.batch_first {
+            out
+        } else {
+            out.transpose(0, 1)?
+        };
+        Ok(MhaOutput {
+            output,
+            weights,
+            backend,
+        })
+    }
+
+    /// PyTorch's masks as one mask over `(batch, heads, tgt, src)`.
+    fn combined_mask(
+        &self,
+        args: &MhaArgs,
+        b: usize,
+        tgt: usize,
+        src: usize,
+        dtype: DType,
+    ) -> Result<Option<AttentionMask>> {
+        let h = self.cfg.num_heads;
+        // Each PyTorch mask as an additive float tensor broadcastable to (b, h, tgt, src).
+        let additive = |m: &Tensor, shape: &[usize]| -> Result<Tensor> {
+            let m = m.reshape(shape)?;
+            if m.dtype().is_float() {
+                m.to_dtype(dtype)
+            } else {
+                // Non-zero = not allowed.
+                let blocked = m.ne(0u32)?;
+                blocked.where_cond(
+                    &Tensor::full(f32::NEG_INFINITY, m.shape(), m.device())?.to_dtype(dtype)?,
+                    &Tensor::zeros(m.shape(), dtype, m.device())?,
+                )
+            }
+        };
+        let mut parts = Vec::new();
+        if let Some(kpm) = args.key_padding_mask {
+            if kpm.dims() != [b, src] {
+                candle_core::bail!(
+                    "MultiHeadAttention: key_padding_mask must be (batch, src_len) = ({b}, {src}), got {:?}",
+                    kpm.dims()
+                );
+            }
+            parts.push(additive(kpm, &[b, 1, 1, src])?);
+        }
+        if let Some(am) = args.attn_mask {
+            let shape = match am.dims() {
+                [t, s] if *t == tgt && *s == src => vec![1, 1, tgt, src],
+                [bh, t, s] if *bh == b * h && *t == tgt && *s == src => vec![b, h, tgt, src],
+                other => candle_core::bail!(
+                    "MultiHeadAttention: attn_mask must be (tgt_len, src_len) = ({tgt}, {src}) or (batch·num_heads, tgt_len, src_len), got {other:?}"
+                ),
+            };
+            parts.push(additive(am, &shape)?);
+        }
+        let mut acc: Option<Tensor> = None;
+        for p in parts {
+            acc = Some(match acc {
+                None => p,
+                Some(a) => a.broadcast_add(&p)?,
+            });
+        }
+        Ok(acc.map(AttentionMask::Additive))
+    }
+}
+
+/// Attention that materializes the probabilities `(batch, heads, tgt, src)`: for
+/// `need_weights` and for dropout on the probabilities. Rows that see no key give zeros.
+fn explicit_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+    dropout: f32,
+) -> Result<(Tensor, Tensor)> {
+    let (b, h, tgt, d) = q.dims4()?;
+    let (_, hkv, src, _) = k.dims4()?;
+    let (k, v) = if hkv != h {
+        let g = h / hkv;
+        let expand = |t: &Tensor| {
+            t.unsqueeze(2)?
+                .expand((b, hkv, g, src, d))?
+                .reshape((b, h, src, d))
+        };
+        (expand(k)?, expand(v)?)
+    } else {
+        (k.clone(), v.clone())
+    };
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
+    let mut scores = scores;
+    if opts.causal {
+        let bias: Vec<f32> = (0..tgt)
+            .flat_map(|i| {
+                (0..src).map(move |j| {
+                    if j + tgt <= i + src {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        scores =
+            scores.broadcast_add(&Tensor::from_vec(bias, (tgt, src), q.device())?.to_dtype(q.dtype())?)?;
+    }
+    if let Some(AttentionMask::Additive(m)) = &opts.mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    let visible = scores.max_keepdim(D::Minus1)?.ne(f64::NEG_INFINITY)?;
+    let safe = visible
+        .broadcast_as(scores.shape())?
+        .where_cond(&scores, &scores.zeros_like()?)?;
+    let probs = candle_nn::ops::softmax(&safe, D::Minus1)?.broadcast_mul(&visible.to_dtype(q.dtype())?)?;
+    let dropped = if dropout > 0.0 {
+        candle_nn::ops::dropout(&probs, dropout)?
+    } else {
+        probs.clone()
+    };
+    Ok((dropped.matmul(&v.contiguous()?)?, probs))
+}
+
+impl Module for MultiHeadAttention {
+    /// Self-attention without masks: `forward(x, x, x)` in evaluation mode.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(MultiHeadAttention::forward(self, xs, xs, xs, &MhaArgs::default())?.output)
+    }
+}

@@ -131,3 +131,42 @@ fn pytorch_multihead_attention_parity() {
         }
     }
 }
+
+/// The zoo's gradient-flow check on `MultiHeadAttention`, plain and grouped-query, on both the
+/// fused path and the explicit-weights path.
+#[test]
+fn every_attention_parameter_receives_a_gradient() {
+    for (num_kv_heads, kdim, need_weights) in
+        [(None, None, false), (Some(2), None, false), (None, Some(6), true)]
+    {
+        let cfg = MultiHeadAttentionConfig {
+            embed_dim: 16,
+            num_heads: 4,
+            num_kv_heads,
+            kdim,
+            ..Default::default()
+        };
+        let varmap = VarMap::new();
+        let vb = candle_zoo::nn::init::seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
+        let mha = MultiHeadAttention::new(&cfg, vb).unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 5, 16), &Device::Cpu).unwrap();
+        let kv = Tensor::randn(0f32, 1., (2, 7, kdim.unwrap_or(16)), &Device::Cpu).unwrap();
+        let args = MhaArgs {
+            need_weights,
+            is_causal: kdim.is_none(),
+            ..Default::default()
+        };
+        let (key, value) = if kdim.is_some() {
+            (
+                kv.clone(),
+                Tensor::randn(0f32, 1., (2, 7, 16), &Device::Cpu).unwrap(),
+            )
+        } else {
+            (x.clone(), x.clone())
+        };
+        let out = mha.forward(&x, &key, &value, &args).unwrap();
+        let loss = out.output.sqr().unwrap().sum_all().unwrap();
+        candle_zoo::train::check_gradient_flow(&loss, &varmap)
+            .unwrap_or_else(|e| panic!("kv_heads {num_kv_heads:?} kdim {kdim:?}: {e}"));
+    }
+}

@@ -113,14 +113,14 @@ impl MultiHeadAttention {
     /// projections, zero biases, and `out_proj.weight` uniform in ±1/sqrt(E).
     pub fn new(cfg: &MultiHeadAttentionConfig, vb: VarBuilder) -> Result<Self> {
         let e = cfg.embed_dim;
-        if cfg.num_heads == 0 || e % cfg.num_heads != 0 {
+        if cfg.num_heads == 0 || !e.is_multiple_of(cfg.num_heads) {
             candle_core::bail!(
                 "MultiHeadAttention: num_heads ({}) must divide embed_dim ({e})",
                 cfg.num_heads
             );
         }
         let kv_heads = cfg.num_kv_heads.unwrap_or(cfg.num_heads);
-        if kv_heads == 0 || cfg.num_heads % kv_heads != 0 {
+        if kv_heads == 0 || !cfg.num_heads.is_multiple_of(kv_heads) {
             candle_core::bail!(
                 "MultiHeadAttention: num_kv_heads ({kv_heads}) must divide num_heads ({})",
                 cfg.num_heads

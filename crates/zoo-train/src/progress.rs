@@ -78,7 +78,7 @@ impl EpochProgress {
             bar.set_position(step as u64);
             bar.set_message(msg);
         } else if let Some(every) = self.plain_every {
-            if step % every == 0 && step < self.steps {
+            if step.is_multiple_of(every) && step < self.steps {
                 let eta = elapsed / step as f64 * (self.steps - step) as f64;
                 println!("{} step {step}/{} {msg} ETA {eta:.0}s", self.label, self.steps);
             }

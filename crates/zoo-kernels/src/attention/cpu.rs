@@ -75,29 +75,130 @@ impl Params<'_> {
 }
 
 /// `exp(x)` for the softmax: within ~2e-7 relative, branch-free so loops over it vectorize.
-/// Returns exactly 0 for `x < -87.3` (including `-inf`).
+/// Returns exactly 0 for `x < -87.3` (including `-inf`). `mul_add` becomes an FMA in the
+/// AVX2/AVX-512 builds of the loops that inline it.
 #[inline(always)]
 fn exp_f32(x: f32) -> f32 {
     // x = n·ln2 + r with |r| <= ln2/2; ln2 split in two (Cody–Waite) so n·LN2_HI is exact.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-88.0, 88.0);
-    // Round to nearest with the 1.5·2^23 trick (|t| < 2^22), exact in round-to-nearest mode.
-    let n = (xc * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    // Round to nearest with the 1.5·2^23 trick: after the addition the float's low mantissa
+    // bits hold the integer n, and subtracting gives n as a float (exact, |n| <= 127).
+    let t = xc.mul_add(std::f32::consts::LOG2_E, 12_582_912.0);
+    let n = t - 12_582_912.0;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
     // e^r by its Taylor series to degree 7: error < 1e-8 for |r| <= 0.35.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (0.166_666_67
-                    + r * (0.041_666_668
-                        + r * (0.008_333_334 + r * (0.001_388_888_9 + r * 0.000_198_412_7))))));
-    let scale = f32::from_bits((((n as i32) + 127).max(0) as u32) << 23);
+    let p = r.mul_add(1.0 / 5040.0, 1.0 / 720.0);
+    let p = p.mul_add(r, 1.0 / 120.0);
+    let p = p.mul_add(r, 1.0 / 24.0);
+    let p = p.mul_add(r, 1.0 / 6.0);
+    let p = p.mul_add(r, 0.5);
+    let p = p.mul_add(r, 1.0);
+    let p = p.mul_add(r, 1.0);
+    // 2^n built from t's bits: bits(t) = 0x4B40_0000 + n, so (bits − 0x4B40_0000 + 127) << 23
+    // is the exponent field of 2^n. No float-to-int conversion: it would not vectorize.
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
     if x < -87.3 {
         0.0
     } else {
         p * scale
     }
+}
+
+/// SIMD width the score loops are written for (one zmm of f32).
+const LANES: usize = 16;
+
+/// The `LANES` entries of row `c` of a transposed score block starting at column `col`.
+#[inline(always)]
+fn lanes_mut(st: &mut [f32], c: usize, rp: usize, col: usize) -> &mut [f32; LANES] {
+    let start = c * rp + col;
+    (&mut st[start..start + LANES]).try_into().expect("16 lanes")
+}
+
+/// Online-softmax update of one 16-column chunk of a transposed score block `st (bk × rp)`:
+/// hides keys at or beyond each column's limit `hi` (when `partial`), turns the scores into
+/// `exp(s − m_new)`, and returns `(m_new, sum, alpha)` per column, with `alpha` the factor the
+/// old accumulators must be multiplied by. Columns that have seen nothing keep `m = -inf`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn softmax_chunk(
+    st: &mut [f32],
+    rp: usize,
+    col: usize,
+    bk: usize,
+    j0: usize,
+    hi: &[u32; LANES],
+    m_old: &[f32; LANES],
+    partial: bool,
+) -> ([f32; LANES], [f32; LANES], [f32; LANES]) {
+    let mut mx = *m_old;
+    for c in 0..bk {
+        let row = lanes_mut(st, c, rp, col);
+        if partial {
+            let j = (j0 + c) as u32;
+            for l in 0..LANES {
+                row[l] = if j >= hi[l] { f32::NEG_INFINITY } else { row[l] };
+            }
+        }
+        for l in 0..LANES {
+            mx[l] = if row[l] > mx[l] { row[l] } else { mx[l] };
+        }
+    }
+    // Shift by the new maximum; 0 where a column still sees nothing (exp(-inf - 0) = 0).
+    let mut shift = [0f32; LANES];
+    let mut alpha = [0f32; LANES];
+    for l in 0..LANES {
+        shift[l] = if mx[l] == f32::NEG_INFINITY { 0.0 } else { mx[l] };
+        alpha[l] = if m_old[l] == f32::NEG_INFINITY {
+            0.0
+        } else {
+            exp_f32(m_old[l] - mx[l])
+        };
+    }
+    let mut sum = [0f32; LANES];
+    for c in 0..bk {
+        let row = lanes_mut(st, c, rp, col);
+        for l in 0..LANES {
+            let e = exp_f32(row[l] - shift[l]);
+            row[l] = e;
+            sum[l] += e;
+        }
+    }
+    (mx, sum, alpha)
+}
+
+/// `P = exp(s − lse)` in place on one 16-column chunk, zero where hidden (key at or beyond
+/// the column's limit `hi`, or a column whose `lse` is `-inf`).
+#[inline(always)]
+fn probs_chunk(
+    st: &mut [f32],
+    rp: usize,
+    col: usize,
+    bk: usize,
+    j0: usize,
+    hi: &[u32; LANES],
+    lse: &[f32; LANES],
+) {
+    for c in 0..bk {
+        let row = lanes_mut(st, c, rp, col);
+        let j = (j0 + c) as u32;
+        for l in 0..LANES {
+            let e = exp_f32(row[l] - lse[l]);
+            row[l] = if j < hi[l] { e } else { 0.0 };
+        }
+    }
+}
+
+/// A zero-filled buffer whose pages are first touched by a write. `vec![0.0; n]` becomes
+/// `calloc`, whose large blocks start as copy-on-write zero pages: the kernels read them
+/// before writing (they accumulate), so each page would fault twice and the copy-on-write
+/// would flush the TLB on every CPU of the process (measured: ~25% of a backward pass at
+/// n = 512).
+fn zeroed(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, 0.0);
+    v
 }
 
 /// Packs `rows` rows of `src` (row stride `d`) transposed and scaled into `dst` `(d × rp)`,
@@ -145,7 +246,7 @@ fn add_mask_transposed(
 pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params) -> (Vec<f32>, Vec<f32>) {
     let Dims { b, h, hkv, nq, d, .. } = p.dims;
     let rows = p.dims.group() * nq;
-    let mut out = vec![0f32; b * h * nq * d];
+    let mut out = zeroed(b * h * nq * d);
     let mut lse = vec![f32::NEG_INFINITY; b * h * nq];
     if rows == 0 || d == 0 {
         return (out, lse);
@@ -189,16 +290,15 @@ multiversion! {
         let mut qt = vec![0f32; d * rp];
         pack_transposed(&mut qt, q_blk, rb, rp, d, p.scale);
         // Per stacked row: keys visible before the additive mask (0 for padding rows).
-        let mut hi = vec![0usize; rp];
+        let mut hi = vec![0u32; rp];
         for (r, x) in hi[..rb].iter_mut().enumerate() {
-            *x = p.hi(bi, (r0 + r) % nq);
+            *x = p.hi(bi, (r0 + r) % nq) as u32;
         }
-        let max_hi = hi[..rb].iter().copied().max().unwrap_or(0);
-        let min_hi = hi[..rb].iter().copied().min().unwrap_or(0);
+        let max_hi = hi[..rb].iter().copied().max().unwrap_or(0) as usize;
+        let min_hi = hi[..rb].iter().copied().min().unwrap_or(0) as usize;
         let mut m = vec![f32::NEG_INFINITY; rp];
         let mut l = vec![0f32; rp];
-        let mut m_new = vec![0f32; rp];
-        let mut sum = vec![0f32; rp];
+        let mut alpha = vec![0f32; rp];
         let mut st = vec![0f32; BLOCK_K * rp];
         o_blk.fill(0.0);
         for j0 in (0..max_hi).step_by(BLOCK_K) {
@@ -206,49 +306,23 @@ multiversion! {
             // Sᵀ = K (scale·Q)ᵀ, (bk × rp)
             nn((bk, rp, d), &k_all[j0 * d..], d, &qt, rp, &mut st, rp, false);
             add_mask_transposed(p, &mut st, rp, bk, bi, kvh, r0, rb, j0);
-            let partial = p.mask.is_some() || j0 + bk > min_hi;
-            if partial {
-                // Hide keys beyond each row's limit (and all keys of padding rows).
-                for c in 0..bk {
-                    let row = &mut st[c * rp..(c + 1) * rp];
-                    for (x, &lim) in row.iter_mut().zip(&hi) {
-                        if j0 + c >= lim {
-                            *x = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-            }
-            m_new.copy_from_slice(&m);
-            for c in 0..bk {
-                for (mx, &x) in m_new.iter_mut().zip(&st[c * rp..(c + 1) * rp]) {
-                    *mx = if x > *mx { x } else { *mx };
-                }
-            }
-            // Shift by the new maximum (0 where a row still sees nothing: exp(-inf) = 0).
-            for (mx, s) in m_new.iter_mut().zip(sum.iter_mut()) {
-                *s = 0.0;
-                if *mx == f32::NEG_INFINITY {
-                    *mx = 0.0;
-                }
-            }
-            for c in 0..bk {
-                let row = &mut st[c * rp..(c + 1) * rp];
-                for ((x, &mx), s) in row.iter_mut().zip(&m_new).zip(sum.iter_mut()) {
-                    let e = exp_f32(*x - mx);
-                    *x = e;
-                    *s += e;
+            // Padding columns (hi = 0) are hidden by the same test as partial rows.
+            let partial = p.mask.is_some() || j0 + bk > min_hi || rb < rp;
+            for col in (0..rp).step_by(LANES) {
+                let hi_c: &[u32; LANES] = hi[col..col + LANES].try_into().expect("16 lanes");
+                let m_c: &[f32; LANES] = m[col..col + LANES].try_into().expect("16 lanes");
+                let (m_new, sum, a) = softmax_chunk(&mut st, rp, col, bk, j0, hi_c, m_c, partial);
+                for i in 0..LANES {
+                    let r = col + i;
+                    l[r] = l[r] * a[i] + sum[i];
+                    m[r] = m_new[i];
+                    alpha[r] = a[i];
                 }
             }
             for r in 0..rb {
-                // m[r] = -inf: nothing accumulated yet, alpha = 0 (and O, l are 0 anyway).
-                let alpha = if m[r] == f32::NEG_INFINITY { 0.0 } else { (m[r] - m_new[r]).exp() };
-                l[r] = l[r] * alpha + sum[r];
-                if sum[r] > 0.0 || m[r] != f32::NEG_INFINITY {
-                    m[r] = m_new[r].max(m[r]);
-                }
-                if alpha != 1.0 {
+                if alpha[r] != 1.0 {
                     for x in &mut o_blk[r * d..(r + 1) * d] {
-                        *x *= alpha;
+                        *x *= alpha[r];
                     }
                 }
             }
@@ -284,14 +358,14 @@ pub(crate) fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let Dims { b, h, hkv, nq, nk, d } = p.dims;
     let rows = p.dims.group() * nq;
-    let mut dq = vec![0f32; b * h * nq * d];
-    let mut dk = vec![0f32; b * hkv * nk * d];
-    let mut dv = vec![0f32; b * hkv * nk * d];
+    let mut dq = zeroed(b * h * nq * d);
+    let mut dk = zeroed(b * hkv * nk * d);
+    let mut dv = zeroed(b * hkv * nk * d);
     if rows == 0 || nk == 0 || d == 0 {
         return (dq, dk, dv);
     }
     // delta_i = Σ_e dO_ie · O_ie: the softmax backward's row term, O(b·h·nq) memory.
-    let mut delta = vec![0f32; b * h * nq];
+    let mut delta = zeroed(b * h * nq);
     delta
         .par_chunks_mut(nq)
         .zip(out.par_chunks(nq * d).zip(dout.par_chunks(nq * d)))
@@ -343,7 +417,7 @@ multiversion! {
         let mut dot = vec![0f32; d * rp_max];
         let mut st = vec![0f32; BLOCK_K * rp_max];
         let mut dpt = vec![0f32; BLOCK_K * rp_max];
-        let mut hi = vec![0usize; rp_max];
+        let mut hi = vec![0u32; rp_max];
         let mut lse_b = vec![0f32; rp_max];
         let mut delta_b = vec![0f32; rp_max];
         for r0 in (0..rows).step_by(BLOCK_Q) {
@@ -357,15 +431,14 @@ multiversion! {
             lse_b[..rp].fill(f32::NEG_INFINITY);
             delta_b[..rp].fill(0.0);
             for r in 0..rb {
-                hi[r] = p.hi(bi, (r0 + r) % nq);
+                hi[r] = p.hi(bi, (r0 + r) % nq) as u32;
                 lse_b[r] = lse[row_base + r0 + r];
                 delta_b[r] = delta[row_base + r0 + r];
                 if lse_b[r] == f32::NEG_INFINITY {
                     hi[r] = 0; // a row that sees no key has zero gradient
                 }
             }
-            let max_hi = hi[..rb].iter().copied().max().unwrap_or(0);
-            let min_hi = hi[..rb].iter().copied().min().unwrap_or(0);
+            let max_hi = hi[..rb].iter().copied().max().unwrap_or(0) as usize;
             let dq_blk = &mut dq_group[r0 * d..(r0 + rb) * d];
             for j0 in (0..max_hi).step_by(BLOCK_K) {
                 let bk = BLOCK_K.min(max_hi - j0);
@@ -373,13 +446,10 @@ multiversion! {
                 // Pᵀ = exp(K (scale·Q)ᵀ + mask − lse)
                 nn((bk, rp, d), k_blk, d, &qt, rp, &mut st, rp, false);
                 add_mask_transposed(p, &mut st, rp, bk, bi, kvh, r0, rb, j0);
-                let partial = p.mask.is_some() || j0 + bk > min_hi;
-                for c in 0..bk {
-                    let row = &mut st[c * rp..(c + 1) * rp];
-                    for ((x, &lim), &ls) in row.iter_mut().zip(&hi[..rp]).zip(&lse_b[..rp]) {
-                        let visible = !partial || j0 + c < lim;
-                        *x = if visible { exp_f32(*x - ls) } else { 0.0 };
-                    }
+                for col in (0..rp).step_by(LANES) {
+                    let hi_c: &[u32; LANES] = hi[col..col + LANES].try_into().expect("16 lanes");
+                    let lse_c: &[f32; LANES] = lse_b[col..col + LANES].try_into().expect("16 lanes");
+                    probs_chunk(&mut st, rp, col, bk, j0, hi_c, lse_c);
                 }
                 // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ − delta) · scale (the gradient of Q Kᵀ)
                 nn((bk, rp, d), v_blk, d, &dot, rp, &mut dpt, rp, false);

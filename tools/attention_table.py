@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Markdown table from scripts/bench_attention_vs_torch.sh's JSON lines: each case with the
+fused kernel, the reference, candle's CPU flash attention and PyTorch SDPA, and the speed-up
+of the fused kernel over PyTorch (torch ms / fused ms; > 1 means we are faster).
+
+Usage: python3 tools/attention_table.py runs/bench/attention.jsonl
+"""
+import json
+import sys
+
+PEAK = 500.0  # GFLOP/s: best f32 GEMM measured on this machine (../shared/notes/cpu-perf.md)
+
+
+def main():
+    rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    key = lambda r: (r["b"], r["h"], r["hkv"], r["d"], r["nq"], r["n"], r["causal"], r["pass"])
+    cases = {}
+    for r in rows:
+        cases.setdefault(key(r), {})[r["impl"]] = r
+    print("| b | hkv | nq | n | causal | pass | fused ms | GFLOP/s (% of peak) | reference ms | candle_flash ms | torch SDPA ms | torch / fused | peak RSS MiB fused / torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for k in sorted(cases):
+        c = cases[k]
+        f = c.get("fused")
+        if f is None:
+            continue
+        t = c.get("torch_sdpa")
+        fmt = lambda r: f"{r['ms']:.2f}" if r else "—"
+        ratio = f"**{t['ms'] / f['ms']:.2f}x**" if t else "—"
+        rss = f"{f['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f}" if t else f"{f['peak_rss_mb']:.0f} / —"
+        b, h, hkv, d, nq, n, causal, p = k
+        print(f"| {b} | {hkv} | {nq} | {n} | {causal} | {p} | {f['ms']:.2f} | {f['gflops']:.0f} ({f['gflops'] / PEAK * 100:.0f}%) | "
+              f"{fmt(c.get('reference'))} | {fmt(c.get('candle_flash'))} | {fmt(t)} | {ratio} | {rss} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,11 +8,12 @@
 //! grouped-query attention: the key/value rows of `in_proj_weight` shrink to
 //! `num_kv_heads · head_dim` each.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use zoo_kernels::attention::{
-    flash_attention_with_backend, AttentionBackend, AttentionMask, AttentionOptions,
+    attention_probs, flash_attention_with_backend, repeat_kv, AttentionBackend, AttentionMask,
+    AttentionOptions,
 };
 
 /// Sizes and options of [`MultiHeadAttention`]; field names and defaults follow PyTorch.
@@ -333,8 +334,8 @@ impl MultiHeadAttention {
     }
 }
 
-/// Attention that materializes the probabilities `(batch, heads, tgt, src)`: for
-/// `need_weights` and for dropout on the probabilities. Rows that see no key give zeros.
+/// Attention that materializes the probabilities `(batch, heads, tgt, src)` (the kernels'
+/// reference path): for `need_weights` and for dropout on the probabilities.
 fn explicit_attention(
     q: &Tensor,
     k: &Tensor,
@@ -342,49 +343,13 @@ fn explicit_attention(
     opts: &AttentionOptions,
     dropout: f32,
 ) -> Result<(Tensor, Tensor)> {
-    let (b, h, tgt, d) = q.dims4()?;
-    let (_, hkv, src, _) = k.dims4()?;
-    let (k, v) = if hkv != h {
-        let g = h / hkv;
-        let expand = |t: &Tensor| {
-            t.unsqueeze(2)?
-                .expand((b, hkv, g, src, d))?
-                .reshape((b, h, src, d))
-        };
-        (expand(k)?, expand(v)?)
-    } else {
-        (k.clone(), v.clone())
-    };
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
-    let mut scores = scores;
-    if opts.causal {
-        let bias: Vec<f32> = (0..tgt)
-            .flat_map(|i| {
-                (0..src).map(move |j| {
-                    if j + tgt <= i + src {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        scores =
-            scores.broadcast_add(&Tensor::from_vec(bias, (tgt, src), q.device())?.to_dtype(q.dtype())?)?;
-    }
-    if let Some(AttentionMask::Additive(m)) = &opts.mask {
-        scores = scores.broadcast_add(m)?;
-    }
-    let visible = scores.max_keepdim(D::Minus1)?.ne(f64::NEG_INFINITY)?;
-    let safe = visible
-        .broadcast_as(scores.shape())?
-        .where_cond(&scores, &scores.zeros_like()?)?;
-    let probs = candle_nn::ops::softmax(&safe, D::Minus1)?.broadcast_mul(&visible.to_dtype(q.dtype())?)?;
+    let probs = attention_probs(q, k, v, opts)?;
     let dropped = if dropout > 0.0 {
         candle_nn::ops::dropout(&probs, dropout)?
     } else {
         probs.clone()
     };
+    let v = repeat_kv(v, q.dim(1)? / k.dim(1)?)?;
     Ok((dropped.matmul(&v.contiguous()?)?, probs))
 }
 

@@ -54,7 +54,7 @@ mod microkernel;
 mod op;
 mod reference;
 
-pub use reference::reference_attention;
+pub use reference::{attention_probs, reference_attention, repeat_kv};
 
 use candle_core::{DType, Device, Result, Tensor};
 

@@ -13,30 +13,42 @@ pub fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionO
     attention(q, k, v, opts, dims)
 }
 
-pub(crate) fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    opts: &AttentionOptions,
-    dims: Dims,
-) -> Result<Tensor> {
-    let Dims { b, h, hkv, nk, d, .. } = dims;
-    let in_dtype = q.dtype();
-    let work = match in_dtype {
+/// The attention probabilities `softmax(scale · q kᵀ + masks)`, `(batch, heads, q_len, kv_len)`,
+/// in f32 for half-precision inputs (else in the input dtype), differentiable. Rows that see no
+/// key are all zeros. For callers that need the weights themselves (`need_weights`, dropout on
+/// the probabilities); `v` is only used to validate shapes.
+pub fn attention_probs(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
+    let dims = validate(q, k, v, opts)?;
+    probs(q, k, opts, dims)
+}
+
+/// Repeats each of the `kv_heads` heads of `t (batch, kv_heads, len, dim)` `group` times, so
+/// grouped-query keys/values line up with `kv_heads · group` query heads.
+pub fn repeat_kv(t: &Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(t.clone());
+    }
+    let (b, hkv, n, d) = t.dims4()?;
+    t.unsqueeze(2)?
+        .expand((b, hkv, group, n, d))?
+        .reshape((b, hkv * group, n, d))
+}
+
+/// The working dtype: f32 for half-precision inputs, the input dtype otherwise.
+fn work_dtype(dt: DType) -> DType {
+    match dt {
         DType::F16 | DType::BF16 => DType::F32,
         dt => dt,
-    };
-    let (q, k, v) = (q.to_dtype(work)?, k.to_dtype(work)?, v.to_dtype(work)?);
-    let (k, v) = if hkv != h {
-        let g = h / hkv;
-        let expand = |t: &Tensor| -> Result<Tensor> {
-            t.unsqueeze(2)?.expand((b, hkv, g, nk, d))?.reshape((b, h, nk, d))
-        };
-        (expand(&k)?, expand(&v)?)
-    } else {
-        (k, v)
-    };
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale_of(opts, d))?;
+    }
+}
+
+fn probs(q: &Tensor, k: &Tensor, opts: &AttentionOptions, dims: Dims) -> Result<Tensor> {
+    let work = work_dtype(q.dtype());
+    let (q, k) = (
+        q.to_dtype(work)?,
+        repeat_kv(&k.to_dtype(work)?, dims.h / dims.hkv)?,
+    );
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale_of(opts, dims.d))?;
     let scores = match additive_bias(opts, dims, work, q.device())? {
         Some(bias) => scores.broadcast_add(&bias)?,
         None => scores,
@@ -47,8 +59,19 @@ pub(crate) fn attention(
     let safe = visible
         .broadcast_as(scores.shape())?
         .where_cond(&scores, &scores.zeros_like()?)?;
-    let probs = candle_nn::ops::softmax(&safe, D::Minus1)?.broadcast_mul(&visible.to_dtype(work)?)?;
-    probs.matmul(&v.contiguous()?)?.to_dtype(in_dtype)
+    candle_nn::ops::softmax(&safe, D::Minus1)?.broadcast_mul(&visible.to_dtype(work)?)
+}
+
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+    dims: Dims,
+) -> Result<Tensor> {
+    let p = probs(q, k, opts, dims)?;
+    let v = repeat_kv(&v.to_dtype(p.dtype())?, dims.h / dims.hkv)?;
+    p.matmul(&v.contiguous()?)?.to_dtype(q.dtype())
 }
 
 /// The causal, key-padding and user masks as one additive tensor broadcastable to

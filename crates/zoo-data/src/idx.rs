@@ -145,6 +145,11 @@ pub fn read_images(path: &Path) -> Result<IdxImages> {
 
 /// Reads an IDX labels file and checks every label is below `num_classes`.
 pub fn read_labels(path: &Path, num_classes: usize) -> Result<Vec<u8>> {
+    if num_classes == 0 {
+        return Err(DataError::InvalidArgument(
+            "num_classes must be at least 1".into(),
+        ));
+    }
     let arr = read_idx(path, LABELS_MAGIC)?;
     if arr.dims.len() != 1 {
         return Err(DataError::format(
@@ -252,5 +257,6 @@ mod tests {
         let err = read_labels(&p, 10).unwrap_err().to_string();
         assert!(err.contains("label 10 at index 2"), "{err}");
         assert_eq!(read_labels(&p, 11).unwrap(), vec![0, 9, 10, 1]);
+        assert!(read_labels(&p, 0).unwrap_err().to_string().contains("at least 1"));
     }
 }

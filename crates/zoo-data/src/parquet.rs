@@ -13,6 +13,11 @@ use std::path::Path;
 /// Every image must decode to `rows × cols` 8-bit grayscale pixels and every label must lie in
 /// `0..num_classes`; the first violation is reported with the file and row.
 pub fn read_image_parquet(path: &Path, rows: usize, cols: usize, num_classes: usize) -> Result<ImageSplit> {
+    if num_classes == 0 {
+        return Err(DataError::InvalidArgument(
+            "num_classes must be at least 1".into(),
+        ));
+    }
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| DataError::format(path, format!("not a readable parquet file: {e}")))?;

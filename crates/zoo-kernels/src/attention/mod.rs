@@ -196,11 +196,8 @@ pub(crate) fn validate(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptio
             AttentionMask::Allow(t) => (t, "boolean"),
             AttentionMask::Additive(t) => (t, "additive"),
         };
-        let ok_rank = t.rank() <= 4;
-        let padded: Vec<usize> = std::iter::repeat_n(1, 4usize.saturating_sub(t.rank()))
-            .chain(t.dims().iter().copied())
-            .collect();
-        if !ok_rank || padded.iter().zip(target).any(|(&m, t)| m != 1 && m != t) {
+        let padded = mask_dims4(t);
+        if t.rank() > 4 || padded.iter().zip(target).any(|(&m, t)| m != 1 && m != t) {
             candle_core::bail!(
                 "attention: the {kind} mask has shape {:?}, which does not broadcast to (batch, heads, q_len, kv_len) = {target:?}",
                 t.dims()
@@ -230,6 +227,15 @@ pub(crate) fn validate(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptio
         }
     }
     Ok(Dims { b, h, hkv, nq, nk, d })
+}
+
+/// A mask's shape left-padded with 1s to `(batch, heads, q_len, kv_len)` rank (masks are
+/// broadcastable, so `(q_len, kv_len)` means `(1, 1, q_len, kv_len)`). Rank is checked by
+/// [`validate`]; a rank above 4 keeps its own dims.
+pub(crate) fn mask_dims4(t: &Tensor) -> Vec<usize> {
+    std::iter::repeat_n(1, 4usize.saturating_sub(t.rank()))
+        .chain(t.dims().iter().copied())
+        .collect()
 }
 
 /// The effective scale of a call.

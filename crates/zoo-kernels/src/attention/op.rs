@@ -3,7 +3,7 @@
 //! backward kernel from it. No `(q_len × kv_len)` matrix exists at any point.
 
 use super::cpu::{self, MaskRef, Params};
-use super::{kv_lengths_host, scale_of, AttentionMask, AttentionOptions, Dims};
+use super::{kv_lengths_host, mask_dims4, scale_of, AttentionMask, AttentionOptions, Dims};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, StorageRef, Tensor};
 use std::sync::Mutex;
 
@@ -18,10 +18,7 @@ impl HostMask {
         let t = match mask {
             AttentionMask::Allow(t) | AttentionMask::Additive(t) => t,
         };
-        let pad = 4 - t.rank();
-        let dims: Vec<usize> = std::iter::repeat_n(1, pad)
-            .chain(t.dims().iter().copied())
-            .collect();
+        let dims = mask_dims4(t);
         let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let data = match mask {
             AttentionMask::Allow(_) => values

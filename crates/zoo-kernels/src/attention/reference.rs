@@ -2,7 +2,7 @@
 //! the fallback where no fused kernel serves. Every op has a backward pass (it uses
 //! `candle_nn::ops::softmax`, not the gradient-less `softmax_last_dim`).
 
-use super::{kv_lengths_host, scale_of, validate, AttentionMask, AttentionOptions, Dims};
+use super::{kv_lengths_host, mask_dims4, scale_of, validate, AttentionMask, AttentionOptions, Dims};
 use candle_core::{DType, Device, Result, Tensor, D};
 
 /// Reference attention with the same signature and semantics as
@@ -108,11 +108,7 @@ pub(crate) fn additive_bias(
             }
             AttentionMask::Additive(t) => t.to_dtype(DType::F32)?,
         };
-        let pad = 4 - t.rank();
-        let shape: Vec<usize> = std::iter::repeat_n(1, pad)
-            .chain(t.dims().iter().copied())
-            .collect();
-        parts.push(t.reshape(shape)?);
+        parts.push(t.reshape(mask_dims4(&t))?);
     }
     let mut bias: Option<Tensor> = None;
     for p in parts {

@@ -53,6 +53,10 @@ struct Args {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Keep glibc's default allocator settings instead of
+    /// `zoo_kernels::allocator::retain_freed_memory()` (what the zoo's examples use).
+    #[arg(long)]
+    default_malloc: bool,
 }
 
 fn peak_rss_mb() -> f64 {
@@ -191,6 +195,9 @@ fn run_case(c: &Case, imp: &str, pass: &str, seconds: f64) -> Result<Option<(f64
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    if !a.default_malloc {
+        candle_zoo::kernels::allocator::retain_freed_memory();
+    }
     let hkv = a.hkv.unwrap_or(a.h);
     if !a.json {
         println!("| impl | b | h | hkv | d | nq | n | causal | pass | ms | GFLOP/s | peak RSS MiB |");

@@ -47,6 +47,8 @@ fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Reuse freed buffers instead of faulting them in again every step (glibc; see its docs).
+    candle_zoo::kernels::allocator::retain_freed_memory();
     let dev = Device::Cpu;
     let threads = rayon_threads();
     let vm = VarMap::new();

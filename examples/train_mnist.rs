@@ -106,6 +106,8 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Reuse freed buffers instead of faulting them in again every step (glibc; see its docs).
+    candle_zoo::kernels::allocator::retain_freed_memory();
     let device = candle_zoo::device_from_name(&args.device)?;
     let dataset = match args.dataset {
         DatasetArg::Mnist => Dataset::Mnist,

@@ -2,6 +2,8 @@
 //!
 //! - [`flash_attention`]: fused, trainable scaled dot-product attention (forward and backward
 //!   kernels on the CPU; [`reference_attention`] from plain candle ops elsewhere).
+//! - [`allocator::retain_freed_memory`]: one call that stops a training loop from faulting its
+//!   buffers in again every step (glibc; opt-in, process-wide).
 //! - [`pool::max_pool2d`]: max pooling whose backward is correct (candle 0.11.1's scales the
 //!   gradient by `1/k²` and misplaces it on odd-sized inputs).
 //!
@@ -12,7 +14,9 @@
 
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod attention;
+mod parallel;
 pub mod pool;
 
 pub use attention::{

@@ -12,9 +12,9 @@
 //! differentiable candle ops (crop, reshape, max), whose backward is correct; exact ties there
 //! each receive the window's gradient.
 
+use crate::parallel::for_each_chunk_mut;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
 
 /// Max pooling over non-overlapping `k × k` windows (stride `k`, no padding, floor mode: a
 /// trailing row/column that does not fill a window is dropped, as in PyTorch).
@@ -81,25 +81,24 @@ fn pool_fwd<T: WithDType + PartialOrd>(
 ) -> Vec<T> {
     let (oh, ow) = (h / k, w / k);
     let mut out = vec![T::from_f64(0.0); b * c * oh * ow];
-    out.par_chunks_mut(oh * ow)
-        .zip(x.par_chunks(h * w))
-        .for_each(|(o, plane)| {
-            for i in 0..oh {
-                for j in 0..ow {
-                    let mut m = plane[i * k * w + j * k];
-                    for di in 0..k {
-                        for dj in 0..k {
-                            let v = plane[(i * k + di) * w + j * k + dj];
-                            // `v > m` keeps the first maximum; NaN propagates as in PyTorch.
-                            if v > m || is_nan(v) {
-                                m = v;
-                            }
+    for_each_chunk_mut(&mut out, oh * ow, |p, o| {
+        let plane = &x[p * h * w..(p + 1) * h * w];
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut m = plane[i * k * w + j * k];
+                for di in 0..k {
+                    for dj in 0..k {
+                        let v = plane[(i * k + di) * w + j * k + dj];
+                        // `v > m` keeps the first maximum; NaN propagates as in PyTorch.
+                        if v > m || is_nan(v) {
+                            m = v;
                         }
                     }
-                    o[i * ow + j] = m;
                 }
+                o[i * ow + j] = m;
             }
-        });
+        }
+    });
     out
 }
 
@@ -137,26 +136,24 @@ fn pool_bwd<T: WithDType + PartialOrd>(
 ) -> Vec<T> {
     let (oh, ow) = (h / k, w / k);
     let mut out = vec![T::from_f64(0.0); b * c * h * w];
-    out.par_chunks_mut(h * w)
-        .zip(x.par_chunks(h * w))
-        .zip(g.par_chunks(oh * ow))
-        .for_each(|((gi, plane), go)| {
-            for i in 0..oh {
-                for j in 0..ow {
-                    let mut best = i * k * w + j * k;
-                    for di in 0..k {
-                        for dj in 0..k {
-                            let idx = (i * k + di) * w + j * k + dj;
-                            let (v, m) = (plane[idx], plane[best]);
-                            if v > m || (is_nan(v) && !is_nan(m)) {
-                                best = idx;
-                            }
+    for_each_chunk_mut(&mut out, h * w, |p, gi| {
+        let (plane, go) = (&x[p * h * w..(p + 1) * h * w], &g[p * oh * ow..(p + 1) * oh * ow]);
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut best = i * k * w + j * k;
+                for di in 0..k {
+                    for dj in 0..k {
+                        let idx = (i * k + di) * w + j * k + dj;
+                        let (v, m) = (plane[idx], plane[best]);
+                        if v > m || (is_nan(v) && !is_nan(m)) {
+                            best = idx;
                         }
                     }
-                    gi[best] += go[i * ow + j];
                 }
+                gi[best] += go[i * ow + j];
             }
-        });
+        }
+    });
     out
 }
 

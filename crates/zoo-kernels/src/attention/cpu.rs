@@ -15,7 +15,7 @@
 //! build would otherwise leave them at SSE2).
 
 use super::microkernel::{nn, tn};
-use rayon::prelude::*;
+use crate::parallel::{for_each_index, DisjointMut};
 
 /// Query rows per block.
 pub(crate) const BLOCK_Q: usize = 64;
@@ -251,19 +251,19 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params) -> (Vec<f32>,
     if rows == 0 || d == 0 {
         return (out, lse);
     }
-    out.par_chunks_mut(rows * d)
-        .zip(lse.par_chunks_mut(rows))
-        .enumerate()
-        .for_each(|(bk, (o_group, lse_group))| {
-            let (bi, kvh) = (bk / hkv, bk % hkv);
-            o_group
-                .par_chunks_mut(BLOCK_Q * d)
-                .zip(lse_group.par_chunks_mut(BLOCK_Q))
-                .enumerate()
-                .for_each(|(blk, (o_blk, lse_blk))| {
-                    forward_block(q, k, v, p, bi, kvh, blk * BLOCK_Q, o_blk, lse_blk)
-                });
-        });
+    // One item per (batch, kv head, query block): items write disjoint rows of `out` and `lse`.
+    let blocks = rows.div_ceil(BLOCK_Q);
+    let (out_w, lse_w) = (DisjointMut::new(&mut out), DisjointMut::new(&mut lse));
+    for_each_index(b * hkv * blocks, |item| {
+        let (bk, blk) = (item / blocks, item % blocks);
+        let (bi, kvh) = (bk / hkv, bk % hkv);
+        let r0 = blk * BLOCK_Q;
+        let rb = BLOCK_Q.min(rows - r0);
+        let row = bk * rows + r0;
+        // SAFETY: item (bk, blk) owns rows `row..row + rb`, which no other item touches.
+        let (o_blk, lse_blk) = unsafe { (out_w.range_mut(row * d, rb * d), lse_w.range_mut(row, rb)) };
+        forward_block(q, k, v, p, bi, kvh, r0, o_blk, lse_blk)
+    });
     (out, lse)
 }
 
@@ -366,17 +366,33 @@ pub(crate) fn backward(
     }
     // delta_i = Σ_e dO_ie · O_ie: the softmax backward's row term, O(b·h·nq) memory.
     let mut delta = zeroed(b * h * nq);
-    delta
-        .par_chunks_mut(nq)
-        .zip(out.par_chunks(nq * d).zip(dout.par_chunks(nq * d)))
-        .for_each(|(dl, (o, g))| row_dots(dl, o, g, d));
-    dq.par_chunks_mut(rows * d)
-        .zip(dk.par_chunks_mut(nk * d).zip(dv.par_chunks_mut(nk * d)))
-        .enumerate()
-        .for_each(|(bk, (dq_group, (dk_head, dv_head)))| {
-            let (bi, kvh) = (bk / hkv, bk % hkv);
-            backward_group(q, k, v, dout, lse, &delta, p, bi, kvh, dq_group, dk_head, dv_head)
-        });
+    let rows_all = b * h * nq;
+    let delta_w = DisjointMut::new(&mut delta);
+    let chunk = 256;
+    for_each_index(rows_all.div_ceil(chunk), |i| {
+        let r0 = i * chunk;
+        // SAFETY: item i owns delta rows `r0..r0 + chunk`.
+        let dl = unsafe { delta_w.range_mut(r0, chunk) };
+        let span = r0 * d..(r0 + dl.len()) * d;
+        row_dots(dl, &out[span.clone()], &dout[span], d)
+    });
+    let (dq_w, dk_w, dv_w) = (
+        DisjointMut::new(&mut dq),
+        DisjointMut::new(&mut dk),
+        DisjointMut::new(&mut dv),
+    );
+    for_each_index(b * hkv, |bk| {
+        let (bi, kvh) = (bk / hkv, bk % hkv);
+        // SAFETY: group bk owns its query rows of dq and its kv head's rows of dk and dv.
+        let (dq_group, dk_head, dv_head) = unsafe {
+            (
+                dq_w.range_mut(bk * rows * d, rows * d),
+                dk_w.range_mut(bk * nk * d, nk * d),
+                dv_w.range_mut(bk * nk * d, nk * d),
+            )
+        };
+        backward_group(q, k, v, dout, lse, &delta, p, bi, kvh, dq_group, dk_head, dv_head)
+    });
     (dq, dk, dv)
 }
 

@@ -2,10 +2,11 @@
 //! backward pass, and a plain reference built from differentiable candle ops.
 //!
 //! [`flash_attention`] validates the inputs once, then picks a backend in one place
-//! ([`select_backend`]): the fused CPU kernel for f32/f16/bf16 on the CPU; otherwise the
-//! reference, with the reason reported by [`flash_attention_with_backend`]. CUDA and Metal
-//! kernels plug in here when their features land; until then those devices use the reference
-//! (correct and differentiable, but it materializes the `(q_len × kv_len)` scores).
+//! ([`select_backend`]): the fused CPU kernel for f32/f16/bf16 on the CPU; the fused CUDA
+//! kernels (feature `cuda`, head_dim <= 128, f32/f16/bf16) on NVIDIA GPUs; otherwise the
+//! reference, with the reason reported by [`flash_attention_with_backend`]. The reference is
+//! correct and differentiable, but it materializes the `(q_len × kv_len)` scores. Metal
+//! kernels plug in here when their feature lands.
 //!
 //! Semantics shared by every backend:
 //! - q `(batch, heads, q_len, head_dim)`, k and v `(batch, kv_heads, kv_len, head_dim)`;
@@ -50,6 +51,8 @@ macro_rules! multiversion {
 }
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod microkernel;
 mod op;
 mod reference;
@@ -89,6 +92,8 @@ pub struct AttentionOptions {
 pub enum AttentionBackend {
     /// The fused, tiled CPU kernel (forward and backward).
     CpuFused,
+    /// The fused CUDA kernels (forward and backward; feature `cuda`).
+    CudaFused,
     /// The reference built from candle ops, and why it was used.
     Reference(String),
 }
@@ -116,6 +121,11 @@ pub fn flash_attention_with_backend(
     let dims = validate(q, k, v, opts)?;
     match select_backend(q, &dims) {
         AttentionBackend::CpuFused => Ok((op::cpu_fused(q, k, v, opts, dims)?, AttentionBackend::CpuFused)),
+        #[cfg(feature = "cuda")]
+        AttentionBackend::CudaFused => Ok((
+            cuda::cuda_fused(q, k, v, opts, dims)?,
+            AttentionBackend::CudaFused,
+        )),
         reference => Ok((reference::attention(q, k, v, opts, dims)?, reference)),
     }
 }
@@ -133,8 +143,15 @@ fn select_backend(q: &Tensor, dims: &Dims) -> AttentionBackend {
         (Device::Cpu, dt) => AttentionBackend::Reference(format!(
             "{dt:?} inputs: the fused CPU kernel computes in f32; the reference keeps {dt:?}"
         )),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda(dev), dt) => match cuda::unsupported_reason(dev, dt, dims.d) {
+            None => AttentionBackend::CudaFused,
+            Some(reason) => AttentionBackend::Reference(reason),
+        },
+        #[cfg(not(feature = "cuda"))]
         (Device::Cuda(_), _) => AttentionBackend::Reference(
-            "no fused CUDA attention kernel in this build yet: using the reference".into(),
+            "candle-zoo was built without its `cuda` feature: no fused CUDA kernel, using the reference"
+                .into(),
         ),
         (Device::Metal(_), _) => AttentionBackend::Reference(
             "no fused Metal attention kernel in this build yet: using the reference".into(),

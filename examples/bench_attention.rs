@@ -11,7 +11,7 @@
 //! the case (the peak is reset before each case through `/proc/self/clear_refs`).
 
 use anyhow::{bail, Result};
-use candle_zoo::candle_core::{Device, Tensor, Var};
+use candle_zoo::candle_core::{DType, Device, Tensor, Var};
 use candle_zoo::kernels::{
     flash_attention_with_backend, reference_attention, AttentionBackend, AttentionOptions,
 };
@@ -53,6 +53,16 @@ struct Args {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Device: cpu, or cuda / cuda:N (needs `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Input dtype: f32, f16, bf16 (the CPU kernel computes in f32 either way).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Also report `max_rel_err`: the fused output against the reference in f32 on the same
+    /// device (`max |fused − reference| / max |reference|`; skipped above --reference-max-n).
+    #[arg(long)]
+    check: bool,
     /// Keep glibc's default allocator settings instead of
     /// `zoo_kernels::allocator::retain_freed_memory()` (what the zoo's examples use).
     #[arg(long)]
@@ -116,24 +126,48 @@ impl Case {
     }
 }
 
-fn run_case(c: &Case, imp: &str, pass: &str, seconds: f64) -> Result<Option<(f64, f64, f64)>> {
-    let dev = Device::Cpu;
-    let q = Tensor::randn(0f32, 1., (c.b, c.h, c.nq, c.d), &dev)?;
-    let k = Tensor::randn(0f32, 1., (c.b, c.hkv, c.n, c.d), &dev)?;
-    let v = Tensor::randn(0f32, 1., (c.b, c.hkv, c.n, c.d), &dev)?;
+fn run_case(
+    c: &Case,
+    imp: &str,
+    pass: &str,
+    seconds: f64,
+    dev: &Device,
+    dt: DType,
+    check: bool,
+) -> Result<Option<(f64, f64, f64, Option<f64>)>> {
+    let rand = |heads: usize, len: usize| -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, 1., (c.b, heads, len, c.d), dev)?.to_dtype(dt)?)
+    };
+    let (q, k, v) = (rand(c.h, c.nq)?, rand(c.hkv, c.n)?, rand(c.hkv, c.n)?);
+    // GPU work is asynchronous: every timed repetition waits for it.
+    let time = |seconds: f64, mut f: Box<dyn FnMut() -> Result<()> + '_>| {
+        time(seconds, || {
+            f()?;
+            dev.synchronize()?;
+            Ok(())
+        })
+    };
     let opts = AttentionOptions {
         causal: c.causal,
         ..Default::default()
     };
     let grad = pass == "fwd_bwd";
+    let mut err = None;
     let result = match imp {
         "fused" | "reference" => {
             let fused = imp == "fused";
             if fused {
                 let (_, backend) = flash_attention_with_backend(&q, &k, &v, &opts)?;
-                if backend != AttentionBackend::CpuFused {
+                if !matches!(backend, AttentionBackend::CpuFused | AttentionBackend::CudaFused) {
                     bail!("fused kernel not taken: {backend:?}");
                 }
+            }
+            if check && fused {
+                let f32s = |t: &Tensor| t.to_dtype(DType::F32);
+                let got = f32s(&flash_attention_with_backend(&q, &k, &v, &opts)?.0)?;
+                let want = reference_attention(&f32s(&q)?, &f32s(&k)?, &f32s(&v)?, &opts)?;
+                let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                err = Some((diff / want.abs()?.max_all()?.to_scalar::<f32>()?) as f64);
             }
             let attn = |q: &Tensor, k: &Tensor, v: &Tensor| -> Result<Tensor> {
                 Ok(if fused {
@@ -148,20 +182,26 @@ fn run_case(c: &Case, imp: &str, pass: &str, seconds: f64) -> Result<Option<(f64
                     Var::from_tensor(&k)?,
                     Var::from_tensor(&v)?,
                 );
-                time(seconds, || {
-                    attn(&q, &k, &v)?.sum_all()?.backward()?;
-                    Ok(())
-                })?
+                time(
+                    seconds,
+                    Box::new(|| {
+                        attn(&q, &k, &v)?.sum_all()?.backward()?;
+                        Ok(())
+                    }),
+                )?
             } else {
-                time(seconds, || {
-                    attn(&q, &k, &v)?;
-                    Ok(())
-                })?
+                time(
+                    seconds,
+                    Box::new(|| {
+                        attn(&q, &k, &v)?;
+                        Ok(())
+                    }),
+                )?
             }
         }
         "candle_flash" => {
-            if grad {
-                return Ok(None); // forward only: it has no backward pass
+            if grad || !dev.is_cpu() || dt != DType::F32 {
+                return Ok(None); // forward only, CPU f32 only
             }
             // candle's kernel takes (batch, seq, heads, dim).
             let (qt, kt, vt) = (
@@ -175,22 +215,25 @@ fn run_case(c: &Case, imp: &str, pass: &str, seconds: f64) -> Result<Option<(f64
                 candle_zoo::candle_nn::attention::AttnMask::None
             };
             let scale = 1.0 / (c.d as f32).sqrt();
-            time(seconds, || {
-                candle_zoo::candle_nn::attention::flash_attn::<f32>(
-                    &qt,
-                    &kt,
-                    &vt,
-                    scale,
-                    mask.clone(),
-                    None,
-                    None,
-                )?;
-                Ok(())
-            })?
+            time(
+                seconds,
+                Box::new(|| {
+                    candle_zoo::candle_nn::attention::flash_attn::<f32>(
+                        &qt,
+                        &kt,
+                        &vt,
+                        scale,
+                        mask.clone(),
+                        None,
+                        None,
+                    )?;
+                    Ok(())
+                }),
+            )?
         }
         other => bail!("unknown implementation `{other}` (fused, reference, candle_flash)"),
     };
-    Ok(Some(result))
+    Ok(Some((result.0, result.1, result.2, err)))
 }
 
 fn main() -> Result<()> {
@@ -199,6 +242,13 @@ fn main() -> Result<()> {
         candle_zoo::kernels::allocator::retain_freed_memory();
     }
     let hkv = a.hkv.unwrap_or(a.h);
+    let dev = candle_zoo::device_from_name(&a.device)?;
+    let dt = match a.dtype.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => bail!("unknown dtype `{other}` (f32, f16, bf16)"),
+    };
     if !a.json {
         println!("| impl | b | h | hkv | d | nq | n | causal | pass | ms | GFLOP/s | peak RSS MiB |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -222,7 +272,9 @@ fn main() -> Result<()> {
                             causal,
                         };
                         reset_peak_rss();
-                        let Some((med, lo, hi)) = run_case(&c, imp, pass, a.seconds)? else {
+                        let check = a.check && pass == "fwd" && n <= a.reference_max_n;
+                        let Some((med, lo, hi, err)) = run_case(&c, imp, pass, a.seconds, &dev, dt, check)?
+                        else {
                             continue;
                         };
                         let flops = 4.0
@@ -232,9 +284,18 @@ fn main() -> Result<()> {
                             * if pass == "fwd_bwd" { 3.5 } else { 1.0 };
                         let gflops = flops / med / 1e9;
                         let rss = peak_rss_mb();
+                        // The CPU lines keep exactly torch_attention.py's keys.
+                        let mut extra = if dev.is_cpu() && dt == DType::F32 {
+                            String::new()
+                        } else {
+                            format!(", \"device\": \"{}\", \"dtype\": \"{}\"", a.device, a.dtype)
+                        };
+                        if let Some(e) = err {
+                            extra += &format!(", \"max_rel_err\": {e:.3e}");
+                        }
                         if a.json {
                             println!(
-                                "{{\"impl\": \"{imp}\", \"b\": {}, \"h\": {}, \"hkv\": {hkv}, \"d\": {}, \"nq\": {nq}, \"n\": {n}, \"causal\": {causal}, \"pass\": \"{pass}\", \"ms\": {:.4}, \"ms_min\": {:.4}, \"ms_max\": {:.4}, \"gflops\": {gflops:.2}, \"peak_rss_mb\": {rss:.1}}}",
+                                "{{\"impl\": \"{imp}\", \"b\": {}, \"h\": {}, \"hkv\": {hkv}, \"d\": {}, \"nq\": {nq}, \"n\": {n}, \"causal\": {causal}, \"pass\": \"{pass}\", \"ms\": {:.4}, \"ms_min\": {:.4}, \"ms_max\": {:.4}, \"gflops\": {gflops:.2}, \"peak_rss_mb\": {rss:.1}{extra}}}",
                                 a.b, a.h, a.d, med * 1e3, lo * 1e3, hi * 1e3
                             );
                         } else {

@@ -1,6 +1,7 @@
 // candle-zoo fused attention for CUDA: forward (output + row log-sum-exp) and backward
 // (dQ, dK, dV recomputed from the log-sum-exp, FlashAttention-2 work split), f32 / f16 / bf16
-// inputs with f32 arithmetic, head_dim <= 128.
+// inputs with f32 arithmetic, head_dim <= 128. Two variants of each kernel: plain f32 FMA ("SIMT",
+// every dtype) and tensor-core wmma (f16 / bf16, sm_80+, the default for those dtypes).
 //
 // Semantics are the CPU kernel's (crates/zoo-kernels/src/attention/cpu.rs):
 //   q (b, h, nq, d), k/v (b, hkv, nk, d), all contiguous; query head hh reads kv head
@@ -25,6 +26,7 @@
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 /// The block's dynamic shared memory (sized by the launch).
 __device__ __forceinline__ float* zoo_dynamic_smem() {
   extern __shared__ float zoo_smem[];
@@ -457,6 +459,358 @@ __device__ void flash_bwd_dkdv(const T* q, const T* k, const T* v, const T* dout
   }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core kernels (f16 / bf16, sm_80+): the same algorithm and work split as above, with the
+// block products on wmma 16x16x16 tiles (f32 accumulation). Q, K, V, dO stay in the input dtype
+// in shared memory (head dim zero-padded to a multiple of 32); scores and O are f32; P and dS are
+// rounded to the input dtype for their products, as FlashAttention-2 does. 8 warps: warp w owns
+// score rows 16 (w / 2) and columns 32 (w % 2) .. +32, and output rows 16 (w / 2) and head-dim
+// columns dp/2 (w % 2) .. +dp/2. Kernels only touch wmma fragments through load/store/mma/fill,
+// so the emulator (which keeps whole tiles per thread) computes the same results.
+// ---------------------------------------------------------------------------------------------
+
+namespace wm = nvcuda::wmma;
+constexpr int LDSF = BN + 4;  // f32 score tiles: row stride (multiple of 4 floats)
+constexpr int LDP = BN + 8;   // 16-bit probability tiles: row stride (multiple of 8 elements)
+
+/// Head dim padded for the tensor cores (multiple of 32, so the two column halves are whole tiles).
+__host__ __device__ inline int tc_dp(int d) { return (d + 31) / 32 * 32; }
+
+/// Copies `rows` rows of `src` into the 16-bit tile `dst` (row stride dp + 8), zero-padding rows
+/// past `limit` and columns past d.
+template <typename T>
+__device__ __forceinline__ void load_tile_tc(T* dst, const T* src, int first, int rows, int limit, int d) {
+  const int dp = tc_dp(d), ldt = dp + 8;
+  for (int idx = threadIdx.x; idx < rows * dp; idx += NT) {
+    const int r = idx / dp, e = idx % dp;
+    const int g = first + r;
+    dst[r * ldt + e] = (g < limit && e < d) ? src[(long long)g * d + e] : from_f<T>(0.0f);
+  }
+}
+
+/// out (16 x 32, f32, row stride ldo) = A (16 rows of a, row-major, stride lda) times the
+/// transpose of 32 rows of b (row-major, stride ldb), over `kdim` (a multiple of 16).
+template <typename T>
+__device__ __forceinline__ void warp_abt_16x32(float* out, int ldo, const T* a, int lda, const T* b, int ldb, int kdim) {
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[2];
+  wm::fill_fragment(acc[0], 0.0f);
+  wm::fill_fragment(acc[1], 0.0f);
+  for (int kk = 0; kk < kdim; kk += 16) {
+    wm::fragment<wm::matrix_a, 16, 16, 16, T, wm::row_major> fa;
+    wm::load_matrix_sync(fa, a + kk, lda);
+    for (int t = 0; t < 2; ++t) {
+      wm::fragment<wm::matrix_b, 16, 16, 16, T, wm::col_major> fb;
+      wm::load_matrix_sync(fb, b + t * 16 * ldb + kk, ldb);
+      wm::mma_sync(acc[t], fa, fb, acc[t]);
+    }
+  }
+  for (int t = 0; t < 2; ++t) wm::store_matrix_sync(out + t * 16, acc[t], ldo, wm::mem_row_major);
+}
+
+__host__ __device__ inline int fwd_tc_smem_bytes(int d) {
+  const int dp = tc_dp(d);
+  return 2 * ((BM + 2 * BN) * (dp + 8) + BM * LDP) + 4 * (BM * LDSF + BM * (dp + 4) + 4 * BM);
+}
+
+template <typename T>
+__device__ void flash_fwd_tc(const T* q, const T* k, const T* v, T* o, float* lse, const int* kv_len,
+                             const float* mask, Shape s) {
+  const int d = s.d, dp = tc_dp(d), ldt = dp + 8, ldo = dp + 4;
+  T* Qs = reinterpret_cast<T*>(zoo_dynamic_smem());
+  T* Ks = Qs + BM * ldt;
+  T* Vs = Ks + BN * ldt;
+  T* Ps = Vs + BN * ldt;
+  float* Ss = reinterpret_cast<float*>(Ps + BM * LDP);
+  float* Os = Ss + BM * LDSF;
+  float* m_s = Os + BM * ldo;
+  float* l_s = m_s + BM;
+  int* hi_s = reinterpret_cast<int*>(l_s + BM);
+
+  const int tid = threadIdx.x, warp = tid / 32, rb = warp / 2, ch = warp % 2;
+  const int row0 = blockIdx.x * BM;
+  const int bh = blockIdx.y, bi = bh / s.h, hh = bh % s.h, kvh = hh / (s.h / s.hkv);
+  const T* kb = k + (long long)(bi * s.hkv + kvh) * s.nk * d;
+  const T* vb = v + (long long)(bi * s.hkv + kvh) * s.nk * d;
+
+  load_tile_tc(Qs, q + (long long)bh * s.nq * d, row0, BM, s.nq, d);
+  for (int idx = tid; idx < BM * ldo; idx += NT) Os[idx] = 0.0f;
+  for (int r = tid; r < BM; r += NT) {
+    const int gi = row0 + r;
+    hi_s[r] = gi < s.nq ? visible_keys(s, kv_len, bi, gi) : 0;
+    m_s[r] = -INFINITY;
+    l_s[r] = 0.0f;
+  }
+  __syncthreads();
+  int max_hi = 0;
+  for (int r = 0; r < BM; ++r) max_hi = hi_s[r] > max_hi ? hi_s[r] : max_hi;
+
+  for (int j0 = 0; j0 < max_hi; j0 += BN) {
+    load_tile_tc(Ks, kb, j0, BN, s.nk, d);
+    load_tile_tc(Vs, vb, j0, BN, s.nk, d);
+    __syncthreads();
+    // S = Q K^T (unscaled)
+    warp_abt_16x32(Ss + rb * 16 * LDSF + ch * 32, LDSF, Qs + rb * 16 * ldt, ldt, Ks + ch * 32 * ldt, ldt, dp);
+    __syncthreads();
+    // Online softmax, one thread per row; the row's O is rescaled here too.
+    if (tid < BM) {
+      const int r = tid;
+      float* srow = Ss + r * LDSF;
+      float mx = m_s[r];
+      for (int c = 0; c < BN; ++c) {
+        const int kj = j0 + c;
+        const float x = kj < hi_s[r] ? srow[c] * s.scale + mask_at(s, mask, bi, hh, row0 + r, kj) : -INFINITY;
+        srow[c] = x;
+        mx = fmaxf(mx, x);
+      }
+      T* prow = Ps + r * LDP;
+      if (mx == -INFINITY) {
+        for (int c = 0; c < BN; ++c) prow[c] = from_f<T>(0.0f);
+      } else {
+        float sum = 0.0f;
+        for (int c = 0; c < BN; ++c) {
+          const float p = expf(srow[c] - mx);
+          prow[c] = from_f<T>(p);
+          sum += p;
+        }
+        const float alpha = expf(m_s[r] - mx);
+        l_s[r] = l_s[r] * alpha + sum;
+        m_s[r] = mx;
+        if (alpha != 1.0f)
+          for (int c = 0; c < dp; ++c) Os[r * ldo + c] *= alpha;
+      }
+    }
+    __syncthreads();
+    // O += P V
+    for (int col = ch * (dp / 2); col < (ch + 1) * (dp / 2); col += 16) {
+      wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
+      wm::load_matrix_sync(acc, Os + rb * 16 * ldo + col, ldo, wm::mem_row_major);
+      for (int kk = 0; kk < BN; kk += 16) {
+        wm::fragment<wm::matrix_a, 16, 16, 16, T, wm::row_major> fa;
+        wm::fragment<wm::matrix_b, 16, 16, 16, T, wm::row_major> fb;
+        wm::load_matrix_sync(fa, Ps + rb * 16 * LDP + kk, LDP);
+        wm::load_matrix_sync(fb, Vs + kk * ldt + col, ldt);
+        wm::mma_sync(acc, fa, fb, acc);
+      }
+      wm::store_matrix_sync(Os + rb * 16 * ldo + col, acc, ldo, wm::mem_row_major);
+    }
+    __syncthreads();
+  }
+
+  T* ob = o + (long long)bh * s.nq * d;
+  for (int idx = tid; idx < BM * d; idx += NT) {
+    const int r = idx / d, c = idx % d, gi = row0 + r;
+    if (gi >= s.nq) continue;
+    const float l = l_s[r];
+    ob[(long long)gi * d + c] = from_f<T>(l > 0.0f ? Os[r * ldo + c] / l : 0.0f);
+  }
+  if (tid < BM && row0 + tid < s.nq) {
+    const float l = l_s[tid];
+    lse[(long long)bh * s.nq + row0 + tid] = l > 0.0f ? m_s[tid] + logf(l) : -INFINITY;
+  }
+}
+
+__host__ __device__ inline int dq_tc_smem_bytes(int d) {
+  const int dp = tc_dp(d);
+  return 2 * ((2 * BM + 2 * BN) * (dp + 8) + BM * LDP) + 4 * (2 * BM * LDSF + 3 * BM);
+}
+
+template <typename T>
+__device__ void flash_bwd_dq_tc(const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                                const float* delta, T* dq, const int* kv_len, const float* mask, Shape s) {
+  const int d = s.d, dp = tc_dp(d), ldt = dp + 8, ldo = dp + 4;
+  T* Qs = reinterpret_cast<T*>(zoo_dynamic_smem());
+  T* dOs = Qs + BM * ldt;
+  T* Ks = dOs + BM * ldt;
+  T* Vs = Ks + BN * ldt;
+  T* dSt = Vs + BN * ldt;
+  float* Ss = reinterpret_cast<float*>(dSt + BM * LDP);
+  float* dPs = Ss + BM * LDSF;
+  float* lse_s = dPs + BM * LDSF;
+  float* dl_s = lse_s + BM;
+  int* hi_s = reinterpret_cast<int*>(dl_s + BM);
+  float* stage = Ss;  // dQ staging at the end: BM x (dp + 4) floats fit in Ss + dPs
+
+  const int tid = threadIdx.x, warp = tid / 32, rb = warp / 2, ch = warp % 2;
+  const int row0 = blockIdx.x * BM;
+  const int bh = blockIdx.y, bi = bh / s.h, hh = bh % s.h, kvh = hh / (s.h / s.hkv);
+  const long long qoff = (long long)bh * s.nq * d;
+  const T* kb = k + (long long)(bi * s.hkv + kvh) * s.nk * d;
+  const T* vb = v + (long long)(bi * s.hkv + kvh) * s.nk * d;
+
+  load_tile_tc(Qs, q + qoff, row0, BM, s.nq, d);
+  load_tile_tc(dOs, dout + qoff, row0, BM, s.nq, d);
+  for (int r = tid; r < BM; r += NT) {
+    const int gi = row0 + r;
+    const float ls = gi < s.nq ? lse[(long long)bh * s.nq + gi] : -INFINITY;
+    lse_s[r] = ls;
+    dl_s[r] = gi < s.nq ? delta[(long long)bh * s.nq + gi] : 0.0f;
+    hi_s[r] = (gi < s.nq && ls != -INFINITY) ? visible_keys(s, kv_len, bi, gi) : 0;
+  }
+  __syncthreads();
+  int max_hi = 0;
+  for (int r = 0; r < BM; ++r) max_hi = hi_s[r] > max_hi ? hi_s[r] : max_hi;
+
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[MAX_D / 32];
+  for (int t = 0; t < MAX_D / 32; ++t) wm::fill_fragment(acc[t], 0.0f);
+
+  for (int j0 = 0; j0 < max_hi; j0 += BN) {
+    load_tile_tc(Ks, kb, j0, BN, s.nk, d);
+    load_tile_tc(Vs, vb, j0, BN, s.nk, d);
+    __syncthreads();
+    warp_abt_16x32(Ss + rb * 16 * LDSF + ch * 32, LDSF, Qs + rb * 16 * ldt, ldt, Ks + ch * 32 * ldt, ldt, dp);
+    warp_abt_16x32(dPs + rb * 16 * LDSF + ch * 32, LDSF, dOs + rb * 16 * ldt, ldt, Vs + ch * 32 * ldt, ldt, dp);
+    __syncthreads();
+    for (int idx = tid; idx < BM * BN; idx += NT) {
+      const int r = idx / BN, c = idx % BN, kj = j0 + c;
+      float ds = 0.0f;
+      if (kj < hi_s[r]) {
+        const float p =
+            expf(Ss[r * LDSF + c] * s.scale + mask_at(s, mask, bi, hh, row0 + r, kj) - lse_s[r]);
+        ds = p * (dPs[r * LDSF + c] - dl_s[r]);
+      }
+      dSt[r * LDP + c] = from_f<T>(ds);
+    }
+    __syncthreads();
+    // dQ (unscaled) += dS K
+#pragma unroll
+    for (int t = 0; t < MAX_D / 32; ++t) {
+      if (t >= dp / 32) break;
+      const int col = ch * (dp / 2) + t * 16;
+      for (int kk = 0; kk < BN; kk += 16) {
+        wm::fragment<wm::matrix_a, 16, 16, 16, T, wm::row_major> fa;
+        wm::fragment<wm::matrix_b, 16, 16, 16, T, wm::row_major> fb;
+        wm::load_matrix_sync(fa, dSt + rb * 16 * LDP + kk, LDP);
+        wm::load_matrix_sync(fb, Ks + kk * ldt + col, ldt);
+        wm::mma_sync(acc[t], fa, fb, acc[t]);
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int t = 0; t < MAX_D / 32; ++t)
+    if (t < dp / 32)
+      wm::store_matrix_sync(stage + rb * 16 * ldo + ch * (dp / 2) + t * 16, acc[t], ldo, wm::mem_row_major);
+  __syncthreads();
+  for (int idx = tid; idx < BM * d; idx += NT) {
+    const int r = idx / d, c = idx % d, gi = row0 + r;
+    if (gi < s.nq) dq[qoff + (long long)gi * d + c] = from_f<T>(stage[r * ldo + c] * s.scale);
+  }
+}
+
+__host__ __device__ inline int dkdv_tc_smem_bytes(int d) {
+  const int dp = tc_dp(d);
+  return 2 * ((2 * BN + 2 * BM) * (dp + 8) + 2 * BM * LDP) + 4 * (2 * BM * LDSF + 3 * BM);
+}
+
+template <typename T>
+__device__ void flash_bwd_dkdv_tc(const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                                  const float* delta, T* dk, T* dv, const int* kv_len, const float* mask,
+                                  Shape s) {
+  const int d = s.d, dp = tc_dp(d), ldt = dp + 8, ldo = dp + 4;
+  T* Ks = reinterpret_cast<T*>(zoo_dynamic_smem());
+  T* Vs = Ks + BN * ldt;
+  T* Qs = Vs + BN * ldt;
+  T* dOs = Qs + BM * ldt;
+  T* Pt = dOs + BM * ldt;
+  T* dSt = Pt + BM * LDP;
+  float* Ss = reinterpret_cast<float*>(dSt + BM * LDP);
+  float* dPs = Ss + BM * LDSF;
+  float* lse_s = dPs + BM * LDSF;
+  float* dl_s = lse_s + BM;
+  int* hi_s = reinterpret_cast<int*>(dl_s + BM);
+  float* stage = Ss;  // dK / dV staging at the end
+
+  const int tid = threadIdx.x, warp = tid / 32, rb = warp / 2, ch = warp % 2;
+  const int j0 = blockIdx.x * BN;
+  const int bk = blockIdx.y, bi = bk / s.hkv, kvh = bk % s.hkv, g = s.h / s.hkv;
+  const long long kvoff = (long long)bk * s.nk * d;
+
+  load_tile_tc(Ks, k + kvoff, j0, BN, s.nk, d);
+  load_tile_tc(Vs, v + kvoff, j0, BN, s.nk, d);
+
+  // Accumulators: key rows 16 rb, head-dim columns dp/2 ch + 16 t.
+  wm::fragment<wm::accumulator, 16, 16, 16, float> ak[MAX_D / 32], av[MAX_D / 32];
+  for (int t = 0; t < MAX_D / 32; ++t) {
+    wm::fill_fragment(ak[t], 0.0f);
+    wm::fill_fragment(av[t], 0.0f);
+  }
+
+  int first = s.causal ? j0 + s.nq - s.nk : 0;
+  if (first < 0) first = 0;
+  first = (first / BM) * BM;
+
+  for (int qh = 0; qh < g; ++qh) {
+    const int hh = kvh * g + qh, bh = bi * s.h + hh;
+    const long long qoff = (long long)bh * s.nq * d;
+    for (int i0 = first; i0 < s.nq; i0 += BM) {
+      __syncthreads();  // the previous step is done with Qs, dOs, Pt, dSt
+      load_tile_tc(Qs, q + qoff, i0, BM, s.nq, d);
+      load_tile_tc(dOs, dout + qoff, i0, BM, s.nq, d);
+      for (int r = tid; r < BM; r += NT) {
+        const int gi = i0 + r;
+        const float ls = gi < s.nq ? lse[(long long)bh * s.nq + gi] : -INFINITY;
+        lse_s[r] = ls;
+        dl_s[r] = gi < s.nq ? delta[(long long)bh * s.nq + gi] : 0.0f;
+        hi_s[r] = (gi < s.nq && ls != -INFINITY) ? visible_keys(s, kv_len, bi, gi) : 0;
+      }
+      __syncthreads();
+      // S and dP for query rows 16 rb, keys 32 ch .. +32
+      warp_abt_16x32(Ss + rb * 16 * LDSF + ch * 32, LDSF, Qs + rb * 16 * ldt, ldt, Ks + ch * 32 * ldt, ldt, dp);
+      warp_abt_16x32(dPs + rb * 16 * LDSF + ch * 32, LDSF, dOs + rb * 16 * ldt, ldt, Vs + ch * 32 * ldt, ldt, dp);
+      __syncthreads();
+      for (int idx = tid; idx < BM * BN; idx += NT) {
+        const int r = idx / BN, c = idx % BN, kj = j0 + c;
+        float p = 0.0f, ds = 0.0f;
+        if (kj < hi_s[r]) {
+          p = expf(Ss[r * LDSF + c] * s.scale + mask_at(s, mask, bi, hh, i0 + r, kj) - lse_s[r]);
+          ds = p * (dPs[r * LDSF + c] - dl_s[r]);
+        }
+        Pt[r * LDP + c] = from_f<T>(p);
+        dSt[r * LDP + c] = from_f<T>(ds);
+      }
+      __syncthreads();
+      // dV += P^T dO and dK (unscaled) += dS^T Q: the transposes are col-major loads.
+#pragma unroll
+      for (int t = 0; t < MAX_D / 32; ++t) {
+        if (t >= dp / 32) break;
+        const int col = ch * (dp / 2) + t * 16;
+        for (int kk = 0; kk < BM; kk += 16) {
+          wm::fragment<wm::matrix_a, 16, 16, 16, T, wm::col_major> fp, fs;
+          wm::fragment<wm::matrix_b, 16, 16, 16, T, wm::row_major> fo, fq;
+          wm::load_matrix_sync(fp, Pt + kk * LDP + rb * 16, LDP);
+          wm::load_matrix_sync(fs, dSt + kk * LDP + rb * 16, LDP);
+          wm::load_matrix_sync(fo, dOs + kk * ldt + col, ldt);
+          wm::load_matrix_sync(fq, Qs + kk * ldt + col, ldt);
+          wm::mma_sync(av[t], fp, fo, av[t]);
+          wm::mma_sync(ak[t], fs, fq, ak[t]);
+        }
+      }
+    }
+  }
+
+  for (int pass = 0; pass < 2; ++pass) {
+    __syncthreads();  // staging (Ss, dPs) is free
+#pragma unroll
+    for (int t = 0; t < MAX_D / 32; ++t) {
+      if (t >= dp / 32) break;
+      float* tile = stage + rb * 16 * ldo + ch * (dp / 2) + t * 16;
+      if (pass == 0)
+        wm::store_matrix_sync(tile, ak[t], ldo, wm::mem_row_major);
+      else
+        wm::store_matrix_sync(tile, av[t], ldo, wm::mem_row_major);
+    }
+    __syncthreads();
+    T* dst = pass == 0 ? dk : dv;
+    const float mul = pass == 0 ? s.scale : 1.0f;
+    for (int idx = tid; idx < BN * d; idx += NT) {
+      const int r = idx / d, c = idx % d, kj = j0 + r;
+      if (kj < s.nk) dst[kvoff + (long long)kj * d + c] = from_f<T>(stage[r * ldo + c] * mul);
+    }
+  }
+}
+
 }  // namespace zoo
 
 // ---------------------------------------------------------------------------------------------
@@ -490,6 +844,25 @@ __device__ void flash_bwd_dkdv(const T* q, const T* k, const T* v, const T* dout
     zoo::flash_bwd_dkdv<T>(q, k, v, dout, lse, delta, dk, dv, kv_len, mask, ZOO_SHAPE);            \
   }
 
+#define ZOO_TC_ENTRIES(T, SUF)                                                                     \
+  extern "C" __global__ void __launch_bounds__(256)                                               \
+      zoo_flash_fwd_tc_##SUF(const T* q, const T* k, const T* v, T* o, float* lse, const int* kv_len, \
+                             const float* mask, ZOO_SHAPE_PARAMS) {                               \
+    zoo::flash_fwd_tc<T>(q, k, v, o, lse, kv_len, mask, ZOO_SHAPE);                               \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256) zoo_flash_bwd_dq_tc_##SUF(                     \
+      const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,     \
+      T* dq, const int* kv_len, const float* mask, ZOO_SHAPE_PARAMS) {                             \
+    zoo::flash_bwd_dq_tc<T>(q, k, v, dout, lse, delta, dq, kv_len, mask, ZOO_SHAPE);               \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256) zoo_flash_bwd_dkdv_tc_##SUF(                   \
+      const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,     \
+      T* dk, T* dv, const int* kv_len, const float* mask, ZOO_SHAPE_PARAMS) {                      \
+    zoo::flash_bwd_dkdv_tc<T>(q, k, v, dout, lse, delta, dk, dv, kv_len, mask, ZOO_SHAPE);         \
+  }
+
 ZOO_ENTRIES(float, f32)
 ZOO_ENTRIES(__half, f16)
 ZOO_ENTRIES(__nv_bfloat16, bf16)
+ZOO_TC_ENTRIES(__half, f16)
+ZOO_TC_ENTRIES(__nv_bfloat16, bf16)

@@ -4,7 +4,11 @@
 // host thread, `__syncthreads()` is a std::barrier, dynamic shared memory is one buffer per
 // block (filled with NaN before each block, so a read of shared memory that no thread wrote shows
 // up in the results), and the block's threads run the grid's blocks one after another. Only what
-// our kernels use is provided: no warp intrinsics, no tensor cores, no static __shared__.
+// our kernels use is provided: no warp shuffles, no static __shared__. Tensor-core `wmma` is
+// emulated at the API level: each thread's fragment holds the whole 16x16 tile (the real
+// per-lane split is unspecified, so kernels may only touch fragments through load / store /
+// mma / fill), and only lane 0 of a warp writes on `store_matrix_sync`, so a kernel that reads
+// a stored tile without a barrier reads NaN here, as it would read stale data on a GPU.
 // Results match the GPU up to floating-point contraction; timing means nothing.
 #pragma once
 
@@ -15,6 +19,7 @@
 #include <functional>
 #include <limits>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #define __global__
@@ -61,6 +66,75 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
   u += 0x7fff + ((u >> 16) & 1);
   return __nv_bfloat16{static_cast<uint16_t>(u >> 16)};
 }
+
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+inline float elem_to_float(float x) { return x; }
+inline float elem_to_float(__half x) { return __half2float(x); }
+inline float elem_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+/// A whole M x N (accumulator), M x K (matrix_a) or K x N (matrix_b) tile, row-major, in f32.
+/// Inputs are exact in f32 (they come from 16-bit types), as on tensor cores.
+template <typename Use, int M, int N, int K, typename T = float, typename Layout = void>
+struct fragment {
+  static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
+  static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
+  float x[rows * cols];
+};
+
+template <typename Use, int M, int N, int K, typename T, typename L>
+inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, float v) {
+  for (auto& e : f.x) e = v;
+}
+
+/// matrix_a / matrix_b: the layout is the fragment's own.
+template <typename Use, int M, int N, int K, typename T, typename L, typename P>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const P* p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, L>;
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c)
+      f.x[r * F::cols + c] = elem_to_float(std::is_same_v<L, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
+}
+
+/// accumulator: the layout is given at the call.
+template <int M, int N, int K>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, float, void>& f, const float* p, unsigned ldm,
+                             layout_t layout) {
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) f.x[r * N + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float, void>& f, unsigned ldm,
+                              layout_t layout) {
+  if (threadIdx.x % 32 != 0) return;  // one lane writes: readers need a barrier, as on a GPU
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
+}
+
+template <int M, int N, int K, typename T, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float, void>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float, void>& c) {
+  float out[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float acc = c.x[i * N + j];
+      for (int k = 0; k < K; ++k) acc += a.x[i * K + k] * b.x[k * N + j];
+      out[i * N + j] = acc;
+    }
+  for (int i = 0; i < M * N; ++i) d.x[i] = out[i];
+}
+
+}  // namespace wmma
+}  // namespace nvcuda
 
 namespace zoo_emu {
 

@@ -2,7 +2,8 @@
 // three backward kernels, launched with the same grids, blocks and shared-memory sizes as the
 // Rust host code (crates/zoo-kernels/src/attention/cuda.rs).
 //
-// Usage: run_attention f32|f16|bf16 INPUT OUTPUT
+// Usage: run_attention f32|f16|bf16|f16-tc|bf16-tc INPUT OUTPUT (-tc: the tensor-core kernels)
+//        run_attention smem   (shared-memory bytes per kernel and head dim, for the host check)
 // INPUT (little endian): i32 b, h, hkv, nq, nk, d, causal, has_mask; f32 scale; i64 mask strides
 // ms0..ms3; i64 mask_len; then f32 q, k, v, dout, i32 kv_len[b], f32 mask[mask_len].
 // OUTPUT: f32 o, lse, dq, dk, dv. Inputs are rounded to the dtype first, outputs widened to f32.
@@ -50,7 +51,7 @@ std::vector<float> widen(const std::vector<T>& x) {
   return out;
 }
 
-template <typename T>
+template <typename T, bool TC>
 int run(FILE* in, FILE* out) {
   const int b = read1<int>(in), h = read1<int>(in), hkv = read1<int>(in), nq = read1<int>(in),
             nk = read1<int>(in), d = read1<int>(in), causal = read1<int>(in), has_mask = read1<int>(in);
@@ -73,21 +74,38 @@ int run(FILE* in, FILE* out) {
   const dim3 block{256, 1, 1};
   const unsigned bh = unsigned(b) * h, bk = unsigned(b) * hkv;
 
-  zoo_emu::launch(dim3{unsigned((nq + zoo::BM - 1) / zoo::BM), bh, 1}, block, 4 * zoo::fwd_smem_floats(d), [&] {
-    zoo::flash_fwd<T>(q.data(), k.data(), v.data(), o.data(), lse.data(), kv_len.data(), mask.data(),
-                      zoo::Shape{h, hkv, nq, nk, d, scale, causal, has_mask, ms[0], ms[1], ms[2], ms[3]});
-  });
+  const zoo::Shape shape{h, hkv, nq, nk, d, scale, causal, has_mask, ms[0], ms[1], ms[2], ms[3]};
+  const dim3 qgrid{unsigned((nq + zoo::BM - 1) / zoo::BM), bh, 1}, kgrid{unsigned((nk + zoo::BN - 1) / zoo::BN), bk, 1};
+  if constexpr (TC) {
+    zoo_emu::launch(qgrid, block, zoo::fwd_tc_smem_bytes(d), [&] {
+      zoo::flash_fwd_tc<T>(q.data(), k.data(), v.data(), o.data(), lse.data(), kv_len.data(), mask.data(), shape);
+    });
+  } else {
+    zoo_emu::launch(qgrid, block, 4 * zoo::fwd_smem_floats(d), [&] {
+      zoo::flash_fwd<T>(q.data(), k.data(), v.data(), o.data(), lse.data(), kv_len.data(), mask.data(), shape);
+    });
+  }
   zoo_emu::launch(dim3{unsigned((rows + 255) / 256), 1, 1}, block, 0,
                   [&] { zoo::flash_bwd_delta<T>(o.data(), dout.data(), delta.data(), (long long)rows, d); });
-  zoo_emu::launch(dim3{unsigned((nq + zoo::BM - 1) / zoo::BM), bh, 1}, block, 4 * zoo::dq_smem_floats(d), [&] {
-    zoo::flash_bwd_dq<T>(q.data(), k.data(), v.data(), dout.data(), lse.data(), delta.data(), dq.data(), kv_len.data(),
-                         mask.data(), zoo::Shape{h, hkv, nq, nk, d, scale, causal, has_mask, ms[0], ms[1], ms[2], ms[3]});
-  });
-  zoo_emu::launch(dim3{unsigned((nk + zoo::BN - 1) / zoo::BN), bk, 1}, block, 4 * zoo::dkdv_smem_floats(d), [&] {
-    zoo::flash_bwd_dkdv<T>(q.data(), k.data(), v.data(), dout.data(), lse.data(), delta.data(), dk.data(), dv.data(),
-                           kv_len.data(), mask.data(),
-                           zoo::Shape{h, hkv, nq, nk, d, scale, causal, has_mask, ms[0], ms[1], ms[2], ms[3]});
-  });
+  if constexpr (TC) {
+    zoo_emu::launch(qgrid, block, zoo::dq_tc_smem_bytes(d), [&] {
+      zoo::flash_bwd_dq_tc<T>(q.data(), k.data(), v.data(), dout.data(), lse.data(), delta.data(), dq.data(),
+                              kv_len.data(), mask.data(), shape);
+    });
+    zoo_emu::launch(kgrid, block, zoo::dkdv_tc_smem_bytes(d), [&] {
+      zoo::flash_bwd_dkdv_tc<T>(q.data(), k.data(), v.data(), dout.data(), lse.data(), delta.data(), dk.data(),
+                                dv.data(), kv_len.data(), mask.data(), shape);
+    });
+  } else {
+    zoo_emu::launch(qgrid, block, 4 * zoo::dq_smem_floats(d), [&] {
+      zoo::flash_bwd_dq<T>(q.data(), k.data(), v.data(), dout.data(), lse.data(), delta.data(), dq.data(),
+                           kv_len.data(), mask.data(), shape);
+    });
+    zoo_emu::launch(kgrid, block, 4 * zoo::dkdv_smem_floats(d), [&] {
+      zoo::flash_bwd_dkdv<T>(q.data(), k.data(), v.data(), dout.data(), lse.data(), delta.data(), dk.data(),
+                             dv.data(), kv_len.data(), mask.data(), shape);
+    });
+  }
 
   for (const auto& part : {widen(o), lse, widen(dq), widen(dk), widen(dv)})
     if (fwrite(part.data(), sizeof(float), part.size(), out) != part.size()) return 3;
@@ -97,8 +115,17 @@ int run(FILE* in, FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "smem") {
+    // Shared-memory bytes per kernel as the kernel source computes them, for d = 1..MAX_D:
+    // d fwd dq dkdv fwd_tc dq_tc dkdv_tc
+    for (int d = 1; d <= zoo::MAX_D; ++d)
+      printf("%d %d %d %d %d %d %d\n", d, 4 * zoo::fwd_smem_floats(d), 4 * zoo::dq_smem_floats(d),
+             4 * zoo::dkdv_smem_floats(d), zoo::fwd_tc_smem_bytes(d), zoo::dq_tc_smem_bytes(d),
+             zoo::dkdv_tc_smem_bytes(d));
+    return 0;
+  }
   if (argc != 4) {
-    fprintf(stderr, "usage: run_attention f32|f16|bf16 INPUT OUTPUT\n");
+    fprintf(stderr, "usage: run_attention f32|f16|bf16|f16-tc|bf16-tc INPUT OUTPUT\n");
     return 2;
   }
   FILE* in = fopen(argv[2], "rb");
@@ -108,7 +135,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string dt = argv[1];
-  const int rc = dt == "f32" ? run<float>(in, out) : dt == "f16" ? run<__half>(in, out) : run<__nv_bfloat16>(in, out);
+  int rc = 2;
+  if (dt == "f32") rc = run<float, false>(in, out);
+  else if (dt == "f16") rc = run<__half, false>(in, out);
+  else if (dt == "bf16") rc = run<__nv_bfloat16, false>(in, out);
+  else if (dt == "f16-tc") rc = run<__half, true>(in, out);
+  else if (dt == "bf16-tc") rc = run<__nv_bfloat16, true>(in, out);
+  else fprintf(stderr, "run_attention: unknown variant %s (f32, f16, bf16, f16-tc, bf16-tc)\n", dt.c_str());
   fclose(in);
   fclose(out);
   return rc;

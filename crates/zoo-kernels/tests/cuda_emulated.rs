@@ -139,6 +139,7 @@ fn check(c: &Case, seed: u64, dtypes: &[(&str, DType, f64)]) -> Result<()> {
             ("dv", &got[4], &want[3]),
         ] {
             let e = rel_err(g, w);
+            eprintln!("{label}: {what} {e:.2e}");
             assert!(e <= tol, "{label}: {what} relative error {e:.2e} > {tol:.0e}");
         }
         // lse is finite exactly for rows that see a key; such rows have non-zero output rows.
@@ -150,6 +151,8 @@ fn check(c: &Case, seed: u64, dtypes: &[(&str, DType, f64)]) -> Result<()> {
 const F32: (&str, DType, f64) = ("f32", DType::F32, 2e-5);
 const F16: (&str, DType, f64) = ("f16", DType::F16, 4e-3);
 const BF16: (&str, DType, f64) = ("bf16", DType::BF16, 3e-2);
+const F16_TC: (&str, DType, f64) = ("f16-tc", DType::F16, 2e-3);
+const BF16_TC: (&str, DType, f64) = ("bf16-tc", DType::BF16, 1e-2);
 
 #[test]
 fn plain_shapes_with_partial_tiles_all_dtypes() -> Result<()> {
@@ -164,7 +167,7 @@ fn plain_shapes_with_partial_tiles_all_dtypes() -> Result<()> {
         kv_lengths: None,
         mask: false,
     };
-    check(&c, 1, &[F32, F16, BF16])
+    check(&c, 1, &[F32, F16, BF16, F16_TC, BF16_TC])
 }
 
 #[test]
@@ -180,7 +183,7 @@ fn causal_gqa_with_more_keys_than_queries() -> Result<()> {
         kv_lengths: None,
         mask: false,
     };
-    check(&c, 2, &[F32, BF16])
+    check(&c, 2, &[F32, BF16, BF16_TC])
 }
 
 #[test]
@@ -197,7 +200,7 @@ fn padding_lengths_mask_and_rows_without_keys() -> Result<()> {
         kv_lengths: Some(vec![69, 0]),
         mask: true,
     };
-    check(&c, 3, &[F32, F16])
+    check(&c, 3, &[F32, F16, F16_TC, BF16_TC])
 }
 
 #[test]
@@ -214,5 +217,37 @@ fn causal_with_more_queries_than_keys_and_tiny_head_dim() -> Result<()> {
         kv_lengths: Some(vec![30]),
         mask: false,
     };
-    check(&c, 4, &[F32])
+    check(&c, 4, &[F32, BF16_TC])
+}
+
+#[test]
+fn host_shared_memory_sizes_match_the_kernel_source() -> Result<()> {
+    use zoo_kernels::attention::cuda_layout::{smem_bytes, Kernel, MAX_HEAD_DIM};
+    let Some(bin) = emulator() else { return Ok(()) };
+    let out = Command::new(bin).arg("smem").output()?;
+    let text = String::from_utf8(out.stdout)?;
+    let mut rows = 0;
+    for line in text.lines() {
+        let v: Vec<usize> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<std::result::Result<_, _>>()?;
+        let d = v[0];
+        let host = [
+            smem_bytes(Kernel::Forward, false, d),
+            smem_bytes(Kernel::Dq, false, d),
+            smem_bytes(Kernel::Dkdv, false, d),
+            smem_bytes(Kernel::Forward, true, d),
+            smem_bytes(Kernel::Dq, true, d),
+            smem_bytes(Kernel::Dkdv, true, d),
+        ];
+        assert_eq!(
+            host.as_slice(),
+            &v[1..],
+            "head dim {d}: host vs kernel shared memory"
+        );
+        rows += 1;
+    }
+    assert_eq!(rows, MAX_HEAD_DIM, "one line per head dim");
+    Ok(())
 }

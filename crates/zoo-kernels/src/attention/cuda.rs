@@ -28,25 +28,14 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attention.ptx"))
 /// Name under which candle caches the loaded module.
 const MODULE: &str = "zoo_flash_attention";
 
-/// Largest head dimension the CUDA kernels serve (registers hold 8 columns per thread).
-pub(crate) const MAX_HEAD_DIM: usize = 128;
-// Tile sizes: must equal the constants at the top of the .cu file.
-const BM: usize = 64;
-const BN: usize = 64;
-const BMK: usize = 32;
-const LDS: usize = BN + 1;
-const THREADS: u32 = 256;
-/// Dynamic shared memory a kernel may use without opting in.
-const DEFAULT_SMEM: usize = 48 * 1024;
+use super::cuda_layout::{smem_bytes, Kernel, DEFAULT_SMEM, MAX_HEAD_DIM};
+const BM: usize = super::cuda_layout::BM;
+const BN: usize = super::cuda_layout::BN;
+const THREADS: u32 = super::cuda_layout::THREADS;
 
-fn fwd_smem_bytes(d: usize) -> usize {
-    4 * ((BM + 2 * BN) * (d + 1) + BM * LDS + 4 * BM)
-}
-fn dq_smem_bytes(d: usize) -> usize {
-    4 * ((2 * BM + 2 * BN) * (d + 1) + BM * LDS + 3 * BM)
-}
-fn dkdv_smem_bytes(d: usize) -> usize {
-    4 * ((2 * BN + 2 * BMK) * (d + 1) + 2 * BMK * LDS + 3 * BMK)
+/// Whether dtype `dt` runs on the tensor-core kernels.
+fn tensor_cores(dt: DType) -> bool {
+    matches!(dt, DType::F16 | DType::BF16)
 }
 
 /// Why the CUDA kernels cannot serve a call, or `None` when they can.
@@ -61,7 +50,12 @@ pub(crate) fn unsupported_reason(dev: &CudaDevice, dtype: DType, d: usize) -> Op
             "head_dim {d} is above {MAX_HEAD_DIM}, the largest the CUDA kernels serve"
         ));
     }
-    let need = fwd_smem_bytes(d).max(dq_smem_bytes(d)).max(dkdv_smem_bytes(d));
+    let tc = tensor_cores(dtype);
+    let need = [Kernel::Forward, Kernel::Dq, Kernel::Dkdv]
+        .map(|k| smem_bytes(k, tc, d))
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     let attr = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
     match dev.cuda_stream().context().attribute(attr) {
         Ok(have) if (have as usize) >= need => None,
@@ -165,11 +159,12 @@ fn grid(x: usize, y: usize, smem: usize) -> LaunchConfig {
     }
 }
 
+/// Kernel name suffix: the tensor-core variants for f16/bf16, the f32-FMA ones for f32.
 fn suffix(dt: DType) -> Result<&'static str> {
     Ok(match dt {
         DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
+        DType::F16 => "tc_f16",
+        DType::BF16 => "tc_bf16",
         other => candle_core::bail!("flash attention: the CUDA kernels do not take {other:?}"),
     })
 }
@@ -232,7 +227,7 @@ impl CudaFlashAttention {
         if rows > 0 {
             let stream = dev.cuda_stream();
             let kv_len = dev.clone_htod(&self.kv_len)?;
-            let smem = fwd_smem_bytes(d);
+            let smem = smem_bytes(Kernel::Forward, tensor_cores(T::DTYPE), d);
             let func = kernel(dev, &format!("zoo_flash_fwd_{}", suffix(T::DTYPE)?), smem)?;
             let a = self.shape_args();
             self.with_mask(dev, |mask| {
@@ -372,7 +367,8 @@ impl CudaFlashAttentionBackward<'_> {
         let kv_len = dev.clone_htod(&self.fwd.kv_len)?;
         let mut delta = dev.alloc_zeros::<f32>(rows)?;
         with_cuda_slice::<T, ()>(self.out, "output", |o| {
-            let func = kernel(dev, &format!("zoo_flash_bwd_delta_{sfx}"), 0)?;
+            let plain = sfx.trim_start_matches("tc_");
+            let func = kernel(dev, &format!("zoo_flash_bwd_delta_{plain}"), 0)?;
             let (rows_i, d_i) = (rows as i64, d as i32);
             let mut builder = stream.launch_builder(&func);
             builder.arg(o).arg(&dout).arg(&mut delta).arg(&rows_i).arg(&d_i);
@@ -386,7 +382,7 @@ impl CudaFlashAttentionBackward<'_> {
             with_cuda_slice::<T, ()>(self.k, "k", |k| {
                 with_cuda_slice::<T, ()>(self.v, "v", |v| {
                     self.fwd.with_mask(dev, |mask| {
-                        let smem = dq_smem_bytes(d);
+                        let smem = smem_bytes(Kernel::Dq, tensor_cores(T::DTYPE), d);
                         let func = kernel(dev, &format!("zoo_flash_bwd_dq_{sfx}"), smem)?;
                         let mut builder = stream.launch_builder(&func);
                         builder.arg(q).arg(k).arg(v).arg(&dout).arg(self.lse).arg(&delta);
@@ -395,7 +391,7 @@ impl CudaFlashAttentionBackward<'_> {
                         // SAFETY: matches `zoo_flash_bwd_dq_*`; buffers sized by the checked dims.
                         unsafe { builder.launch(grid(nq.div_ceil(BM), b * h, smem)) }.w()?;
 
-                        let smem = dkdv_smem_bytes(d);
+                        let smem = smem_bytes(Kernel::Dkdv, tensor_cores(T::DTYPE), d);
                         let func = kernel(dev, &format!("zoo_flash_bwd_dkdv_{sfx}"), smem)?;
                         let mut builder = stream.launch_builder(&func);
                         builder.arg(q).arg(k).arg(v).arg(&dout).arg(self.lse).arg(&delta);

@@ -53,6 +53,8 @@ macro_rules! multiversion {
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[doc(hidden)]
+pub mod cuda_layout;
 mod microkernel;
 mod op;
 mod reference;

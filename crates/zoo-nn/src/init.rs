@@ -153,6 +153,24 @@ pub fn conv2d_glorot(
     Ok(Conv2d::new(w, Some(b), cfg))
 }
 
+/// `nn.Linear(in_dim, out_dim, bias)` with PyTorch's default initialization: weight and bias
+/// uniform in `±1/sqrt(in_dim)` (what `kaiming_uniform_(a=sqrt(5))` amounts to). Names
+/// `weight (out, in)` and `bias (out)`.
+pub fn linear_torch(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
+    let init = Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    let w = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+    let b = if bias {
+        Some(vb.get_with_hints(out_dim, "bias", init)?)
+    } else {
+        None
+    };
+    Ok(Linear::new(w, b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,10 @@
 //! # zoo-nn: layers for candle-zoo
 //!
-//! Building blocks shared by the zoo's models: reproducible, Keras-style initialization
-//! ([`init`]) and PyTorch-compatible [`MultiHeadAttention`] on the fused attention kernel.
-//! The Transformer layers build on these.
+//! Building blocks shared by the zoo's models: reproducible initialization ([`init`]),
+//! PyTorch-compatible [`MultiHeadAttention`] on the fused attention kernel, normalization that
+//! trains ([`LayerNorm`], [`RmsNorm`]), [`FeedForward`] (ReLU / GELU / SwiGLU), positional
+//! encodings (sinusoidal, learned, rotary), mask helpers, and PyTorch's Transformer family
+//! ([`TransformerEncoderLayer`] … [`Transformer`]) with its `state_dict` names.
 //!
 //! ```
 //! use candle_core::{DType, Device, Module, Tensor};
@@ -17,7 +19,21 @@
 
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod attention;
+pub mod feed_forward;
 pub mod init;
+pub mod masks;
+pub mod norm;
+pub mod positional;
+pub mod transformer;
 
+pub use activation::Activation;
 pub use attention::{MhaArgs, MhaOutput, MultiHeadAttention, MultiHeadAttentionConfig};
+pub use feed_forward::{FeedForward, FeedForwardConfig};
+pub use norm::{LayerNorm, Norm, NormKind, RmsNorm};
+pub use positional::{LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding};
+pub use transformer::{
+    DecoderArgs, EncoderArgs, Transformer, TransformerConfig, TransformerDecoder, TransformerDecoderLayer,
+    TransformerEncoder, TransformerEncoderLayer, TransformerLayerConfig,
+};

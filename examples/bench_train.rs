@@ -1,8 +1,11 @@
-//! MnistCnn training / evaluation throughput on the CPU, as a table or JSON lines in the format
-//! of `../shared/bench/torch_cnn.py`, plus a per-op forward/backward profile (`--profile`).
+//! CPU training throughput: MnistCnn training / evaluation (JSON lines in the format of
+//! `../shared/bench/torch_cnn.py`), one Transformer encoder layer's training step (d_model 256,
+//! 8 heads, ff 1024, seq 128, batch 32, MSE loss, Adam — `../shared/bench/torch_transformer.py`),
+//! and a per-op forward/backward profile of the CNN (`--profile`).
 //!
 //! ```text
 //! cargo run --release --example bench_train -- --json
+//! cargo run --release --example bench_train -- --model encoder --dropout 0.1 --json
 //! cargo run --release --example bench_train -- --profile
 //! ```
 
@@ -30,6 +33,15 @@ struct Args {
     /// Time each layer's forward and backward at the training shapes.
     #[arg(long)]
     profile: bool,
+    /// What to measure: cnn, encoder.
+    #[arg(long, default_value = "cnn,encoder", value_delimiter = ',')]
+    model: Vec<String>,
+    /// Dropout of the encoder layer (torch_transformer.py's default is 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f32,
+    /// Encoder-layer training steps per timed repetition.
+    #[arg(long, default_value_t = 5)]
+    encoder_steps: usize,
 }
 
 /// Median seconds of `reps` runs of `f`, after one warm-up run.
@@ -51,6 +63,12 @@ fn main() -> Result<()> {
     candle_zoo::kernels::allocator::retain_freed_memory();
     let dev = Device::Cpu;
     let threads = rayon_threads();
+    if args.model.iter().any(|m| m == "encoder") {
+        encoder_step(&args, &dev, threads)?;
+    }
+    if !args.model.iter().any(|m| m == "cnn") {
+        return Ok(());
+    }
     let vm = VarMap::new();
     let cnn = MnistCnn::new(
         &MnistCnnConfig::default(),
@@ -108,6 +126,51 @@ fn main() -> Result<()> {
     }
     if args.profile {
         profile(&dev, args.reps.max(3))?;
+    }
+    Ok(())
+}
+
+/// One `TransformerEncoderLayer` training step (post-norm, ReLU, batch-first), as
+/// `torch_transformer.py` measures it: MSE to a random target, Adam with lr 1e-3.
+fn encoder_step(args: &Args, dev: &Device, threads: usize) -> Result<()> {
+    use candle_zoo::nn::{EncoderArgs, TransformerEncoderLayer, TransformerLayerConfig};
+    let (bs, seq, d) = (32, 128, 256);
+    let vm = VarMap::new();
+    let cfg = TransformerLayerConfig {
+        d_model: d,
+        nhead: 8,
+        dim_feedforward: 1024,
+        dropout: args.dropout,
+        ..Default::default()
+    };
+    let layer = TransformerEncoderLayer::new(
+        &cfg,
+        candle_zoo::nn::init::seeded_var_builder(&vm, 0, DType::F32, dev),
+    )?;
+    let mut opt = OptimizerConfig::adam().build(named_params(&vm)?)?;
+    let x = Tensor::randn(0f32, 1., (bs, seq, d), dev)?;
+    let target = Tensor::randn(0f32, 1., (bs, seq, d), dev)?;
+    let train = EncoderArgs {
+        train: true,
+        ..Default::default()
+    };
+    let steps = args.encoder_steps.max(1);
+    let t = median(args.reps.min(5), || {
+        for _ in 0..steps {
+            let loss = candle_zoo::candle_nn::loss::mse(&layer.forward(&x, &train)?, &target)?;
+            opt.step(&loss.backward()?, 1e-3)?;
+        }
+        Ok(())
+    })?;
+    let ms = t / steps as f64 * 1e3;
+    let tokens = (bs * seq) as f64 / (ms / 1e3);
+    if args.json {
+        println!(
+            "{{\"impl\":\"zoo\",\"pass\":\"train_step\",\"dropout\":{},\"tokens_per_s\":{tokens:.1},\"ms_per_step\":{ms:.3},\"threads\":{threads}}}",
+            args.dropout
+        );
+    } else {
+        println!("| encoder layer train step (d 256, seq 128, batch 32, dropout {}) | {tokens:.0} tokens/s | {ms:.1} ms |", args.dropout);
     }
     Ok(())
 }

@@ -95,6 +95,7 @@ fn pytorch_multihead_attention_parity() {
             need_weights: c["need_weights"].as_bool().unwrap(),
             average_attn_weights: c["average_attn_weights"].as_bool().unwrap(),
             train: false,
+            ..Default::default()
         };
         let out = mha.forward(query.as_tensor(), &key, &value, &args).unwrap();
         if !args.need_weights {

@@ -223,3 +223,69 @@ fn bad_configs_and_masks_are_clear_errors() {
         "{e}"
     );
 }
+
+/// The zoo's gradient-flow check on the whole encoder-decoder, in training mode (dropout on),
+/// in PyTorch's configuration and in a LLaMA-like one (pre-norm, RMSNorm, SwiGLU, GQA).
+#[test]
+fn every_transformer_parameter_receives_a_gradient() {
+    use candle_zoo::nn::{NormKind, SinusoidalPositionalEncoding};
+    use candle_zoo::train::gradcheck::check_gradient_flow;
+    let dev = Device::Cpu;
+    let variants = [
+        TransformerLayerConfig {
+            d_model: 16,
+            nhead: 4,
+            dim_feedforward: 32,
+            dropout: 0.1,
+            ..Default::default()
+        },
+        TransformerLayerConfig {
+            d_model: 16,
+            nhead: 4,
+            num_kv_heads: Some(2),
+            dim_feedforward: 24,
+            dropout: 0.1,
+            activation: Activation::Silu,
+            gated_ffn: true,
+            norm_first: true,
+            norm: NormKind::RmsNorm,
+            bias: false,
+            ..Default::default()
+        },
+    ];
+    for layer in variants {
+        let varmap = VarMap::new();
+        let vb = candle_zoo::nn::init::seeded_var_builder(&varmap, 3, DType::F32, &dev);
+        let model = Transformer::new(
+            &TransformerConfig {
+                layer: layer.clone(),
+                num_encoder_layers: 2,
+                num_decoder_layers: 2,
+            },
+            vb,
+        )
+        .unwrap();
+        let pe = SinusoidalPositionalEncoding::new(16, 32, DType::F32, &dev).unwrap();
+        let src = pe
+            .forward_at(&Tensor::randn(0f32, 1., (2, 7, 16), &dev).unwrap(), 0)
+            .unwrap();
+        let tgt = pe
+            .forward_at(&Tensor::randn(0f32, 1., (2, 5, 16), &dev).unwrap(), 0)
+            .unwrap();
+        let pad = candle_zoo::nn::masks::padding_mask(&[7, 4], 7, &dev).unwrap();
+        let dec = DecoderArgs {
+            tgt_is_causal: true,
+            memory_key_padding_mask: Some(&pad),
+            train: true,
+            ..Default::default()
+        };
+        let enc = EncoderArgs {
+            key_padding_mask: Some(&pad),
+            ..Default::default()
+        };
+        let out = model.forward(&src, &tgt, &enc, &dec).unwrap();
+        let loss = out.sqr().unwrap().mean_all().unwrap();
+        let norms = check_gradient_flow(&loss, &varmap).unwrap_or_else(|e| panic!("{layer:?}: {e}"));
+        assert_eq!(norms.len(), varmap.all_vars().len());
+    }
+}

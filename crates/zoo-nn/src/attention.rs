@@ -8,6 +8,7 @@
 //! grouped-query attention: the key/value rows of `in_proj_weight` shrink to
 //! `num_kv_heads · head_dim` each.
 
+use crate::positional::RotaryEmbedding;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,61 @@ pub struct MhaArgs<'a> {
     pub average_attn_weights: bool,
     /// Training mode: attention dropout is applied only then.
     pub train: bool,
+    /// Rotary position embeddings applied to queries and keys (self-attention), with the
+    /// position of the first query (`rotary_offset`; for cached decoding it is set for you).
+    pub rotary: Option<&'a RotaryEmbedding>,
+    /// Position of the first query/key row for `rotary`.
+    pub rotary_offset: usize,
+}
+
+/// Keys and values of the positions attended to so far, `(batch, kv_heads, len, head_dim)`
+/// each, for incremental decoding: each step projects only its new positions.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        self.k.as_ref().and_then(|k| k.dim(2).ok()).unwrap_or(0)
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets every position.
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Appends `k`, `v` (new positions) and returns the whole cached keys and values.
+    fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match (&self.k, &self.v) {
+            (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            _ => (k, v),
+        };
+        self.k = Some(k.clone());
+        self.v = Some(v.clone());
+        Ok((k, v))
+    }
+
+    /// Keeps only batch rows `rows` (beam search reorders and prunes hypotheses).
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        if let (Some(k), Some(v)) = (&self.k, &self.v) {
+            self.k = Some(k.index_select(rows, 0)?);
+            self.v = Some(v.index_select(rows, 0)?);
+        }
+        Ok(())
+    }
 }
 
 /// The result of [`MultiHeadAttention::forward`].
@@ -222,7 +278,7 @@ impl MultiHeadAttention {
             }
         };
         let (query, key, value) = (bf(query)?, bf(key)?, bf(value)?);
-        let (b, tgt, e) = query.dims3()?;
+        let (b, _, e) = query.dims3()?;
         let (bk, src, _) = key.dims3()?;
         if e != self.cfg.embed_dim || bk != b || value.dims3()?.1 != src {
             candle_core::bail!(
@@ -234,9 +290,98 @@ impl MultiHeadAttention {
             );
         }
         let h = self.cfg.num_heads;
-        let q = self.split_heads(&self.project(&query, 0)?, h)?;
-        let k = self.split_heads(&self.project(&key, 1)?, self.kv_heads)?;
+        let mut q = self.split_heads(&self.project(&query, 0)?, h)?;
+        let mut k = self.split_heads(&self.project(&key, 1)?, self.kv_heads)?;
         let v = self.split_heads(&self.project(&value, 2)?, self.kv_heads)?;
+        if let Some(rope) = args.rotary {
+            q = rope.apply(&q, args.rotary_offset)?;
+            k = rope.apply(&k, args.rotary_offset)?;
+        }
+        let (ctx, weights, backend) = self.attend(&q, &k, &v, args)?;
+        let output = self.finish(&ctx)?;
+        let output = if self.cfg.batch_first {
+            output
+        } else {
+            output.transpose(0, 1)?
+        };
+        Ok(MhaOutput {
+            output,
+            weights,
+            backend,
+        })
+    }
+
+    /// Self-attention of new positions `x (batch, new, E)` (batch-first) that also attends to
+    /// every position in `cache`, and appends the new keys and values to it. With
+    /// `args.is_causal` the new positions see the cached ones and the earlier new ones (the
+    /// kernel's bottom-right causal alignment); rotary positions continue from `cache.len()`.
+    /// Generating `L` tokens this way projects each token once instead of `L` times.
+    pub fn forward_cached(&self, x: &Tensor, cache: &mut KvCache, args: &MhaArgs) -> Result<Tensor> {
+        let (_, _, e) = x.dims3()?;
+        if e != self.cfg.embed_dim {
+            candle_core::bail!(
+                "MultiHeadAttention: input {:?} does not fit embed_dim {}",
+                x.dims(),
+                self.cfg.embed_dim
+            );
+        }
+        let offset = cache.len();
+        let mut q = self.split_heads(&self.project(x, 0)?, self.cfg.num_heads)?;
+        let mut k = self.split_heads(&self.project(x, 1)?, self.kv_heads)?;
+        let v = self.split_heads(&self.project(x, 2)?, self.kv_heads)?;
+        if let Some(rope) = args.rotary {
+            q = rope.apply(&q, offset)?;
+            k = rope.apply(&k, offset)?;
+        }
+        let (k, v) = cache.append(k.contiguous()?, v.contiguous()?)?;
+        let (ctx, _, _) = self.attend(&q, &k, &v, args)?;
+        self.finish(&ctx)
+    }
+
+    /// Projects `memory (batch, src, kdim)` (batch-first) into the keys and values of
+    /// cross-attention, once per source sentence, for [`Self::forward_with_kv`].
+    pub fn memory_kv(&self, memory: &Tensor) -> Result<KvCache> {
+        let k = self
+            .split_heads(&self.project(memory, 1)?, self.kv_heads)?
+            .contiguous()?;
+        let v = self
+            .split_heads(&self.project(memory, 2)?, self.kv_heads)?
+            .contiguous()?;
+        Ok(KvCache {
+            k: Some(k),
+            v: Some(v),
+        })
+    }
+
+    /// Cross-attention of `query (batch, tgt, E)` (batch-first) over keys and values made by
+    /// [`Self::memory_kv`].
+    pub fn forward_with_kv(&self, query: &Tensor, kv: &KvCache, args: &MhaArgs) -> Result<Tensor> {
+        let (Some(k), Some(v)) = (&kv.k, &kv.v) else {
+            candle_core::bail!("MultiHeadAttention: forward_with_kv needs a filled cache (memory_kv)")
+        };
+        let q = self.split_heads(&self.project(query, 0)?, self.cfg.num_heads)?;
+        let (ctx, _, _) = self.attend(&q, k, v, args)?;
+        self.finish(&ctx)
+    }
+
+    /// `(batch, heads, tgt, head_dim)` context → output projection, `(batch, tgt, E)`.
+    fn finish(&self, ctx: &Tensor) -> Result<Tensor> {
+        let (b, _, tgt, _) = ctx.dims4()?;
+        let ctx = ctx.transpose(1, 2)?.reshape((b, tgt, self.cfg.embed_dim))?;
+        self.out_proj.forward(&ctx)
+    }
+
+    /// Attention of projected `q (batch, heads, tgt, hd)` over `k`, `v` `(batch, kv_heads,
+    /// src, hd)` with the call's masks, dropout and weights options.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        args: &MhaArgs,
+    ) -> Result<(Tensor, Option<Tensor>, AttentionBackend)> {
+        let (b, _, tgt, _) = q.dims4()?;
+        let src = k.dim(2)?;
         let mask = self.combined_mask(args, b, tgt, src, q.dtype())?;
         let opts = AttentionOptions {
             causal: args.is_causal,
@@ -244,13 +389,13 @@ impl MultiHeadAttention {
             ..Default::default()
         };
         let dropout = if args.train { self.cfg.dropout } else { 0.0 };
-        let (ctx, weights, backend) = if args.need_weights || dropout > 0.0 {
+        if args.need_weights || dropout > 0.0 {
             let why = if dropout > 0.0 {
                 "attention dropout while training"
             } else {
                 "need_weights"
             };
-            let (ctx, probs) = explicit_attention(&q, &k, &v, &opts, dropout)?;
+            let (ctx, probs) = explicit_attention(q, k, v, &opts, dropout)?;
             let weights = if args.need_weights {
                 Some(if args.average_attn_weights {
                     probs.mean(1)?
@@ -260,23 +405,11 @@ impl MultiHeadAttention {
             } else {
                 None
             };
-            (ctx, weights, AttentionBackend::Reference(why.into()))
+            Ok((ctx, weights, AttentionBackend::Reference(why.into())))
         } else {
-            let (ctx, backend) = flash_attention_with_backend(&q, &k, &v, &opts)?;
-            (ctx, None, backend)
-        };
-        let ctx = ctx.transpose(1, 2)?.reshape((b, tgt, e))?;
-        let out = self.out_proj.forward(&ctx)?;
-        let output = if self.cfg.batch_first {
-            out
-        } else {
-            out.transpose(0, 1)?
-        };
-        Ok(MhaOutput {
-            output,
-            weights,
-            backend,
-        })
+            let (ctx, backend) = flash_attention_with_backend(q, k, v, &opts)?;
+            Ok((ctx, None, backend))
+        }
     }
 
     /// PyTorch's masks as one mask over `(batch, heads, tgt, src)`.

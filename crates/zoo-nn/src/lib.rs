@@ -29,11 +29,11 @@ pub mod positional;
 pub mod transformer;
 
 pub use activation::Activation;
-pub use attention::{MhaArgs, MhaOutput, MultiHeadAttention, MultiHeadAttentionConfig};
+pub use attention::{KvCache, MhaArgs, MhaOutput, MultiHeadAttention, MultiHeadAttentionConfig};
 pub use feed_forward::{FeedForward, FeedForwardConfig};
 pub use norm::{LayerNorm, Norm, NormKind, RmsNorm};
 pub use positional::{LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding};
 pub use transformer::{
-    DecoderArgs, EncoderArgs, Transformer, TransformerConfig, TransformerDecoder, TransformerDecoderLayer,
-    TransformerEncoder, TransformerEncoderLayer, TransformerLayerConfig,
+    DecoderArgs, DecoderCache, EncoderArgs, Transformer, TransformerConfig, TransformerDecoder,
+    TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, TransformerLayerConfig,
 };

@@ -126,6 +126,9 @@ impl Case {
     }
 }
 
+/// Median, min and max seconds, and the fused output's error when checked.
+type Timing = (f64, f64, f64, Option<f64>);
+
 fn run_case(
     c: &Case,
     imp: &str,
@@ -134,7 +137,7 @@ fn run_case(
     dev: &Device,
     dt: DType,
     check: bool,
-) -> Result<Option<(f64, f64, f64, Option<f64>)>> {
+) -> Result<Option<Timing>> {
     let rand = |heads: usize, len: usize| -> Result<Tensor> {
         Ok(Tensor::randn(0f32, 1., (c.b, heads, len, c.d), dev)?.to_dtype(dt)?)
     };

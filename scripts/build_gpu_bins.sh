@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on this CPU-only machine, what scripts/gpu_check.sh runs on a lent GPU machine (which
 # has no Rust toolchain): the CUDA test binary of zoo-kernels and the attention benchmark, with
-# `--features cuda` for CUDA_COMPUTE_CAP (default 90 = H100/H200), stripped, into gpu_bins/.
+# `--features cuda` for CUDA_COMPUTE_CAP (default 90 = H100/H200), stripped and gzipped, into gpu_bins/.
 # The CUDA 13.4 toolkit and the libraries the binaries link against come from pinned pip wheels
 # (see ../shared/notes/cuda-build.md); libcuda is a generated stub, so the binaries load the real
 # driver on the GPU machine. Usage: scripts/build_gpu_bins.sh   (then carry gpu_bins/)
@@ -40,7 +40,9 @@ for line in sys.stdin:
 rm -rf gpu_bins && mkdir -p gpu_bins
 cp "$CARGO_TARGET_DIR/release/examples/bench_attention" gpu_bins/bench_attention
 cp "$test_bin" gpu_bins/cuda_attention
-strip gpu_bins/*
+strip gpu_bins/bench_attention gpu_bins/cuda_attention
+# ~100 MiB stripped, ~25 MiB gzipped: under the 64 MiB a device call carries.
+gzip -9 gpu_bins/bench_attention gpu_bins/cuda_attention
 echo "$CAP" > gpu_bins/COMPUTE_CAP
 git rev-parse HEAD > gpu_bins/COMMIT
 ls -la gpu_bins

@@ -13,17 +13,19 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 PY=${PY:-python3}
-BIN=gpu_bins
+BIN=${BIN_DIR:-/tmp/zoo_gpu_bins}
 
 echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || true
 echo "cargo: $(command -v cargo || echo none)"
 $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name(0))' || true
-if [ ! -x "$BIN/cuda_attention" ]; then
-  echo "no $BIN/cuda_attention: run scripts/build_gpu_bins.sh on the build machine and carry $BIN/" >&2
+if [ ! -f gpu_bins/cuda_attention.gz ]; then
+  echo "no gpu_bins/cuda_attention.gz: run scripts/build_gpu_bins.sh on the build machine and carry gpu_bins/" >&2
   exit 2
 fi
-echo "binaries built for compute capability $(cat $BIN/COMPUTE_CAP) at commit $(cat $BIN/COMMIT)"
+mkdir -p "$BIN"
+for b in cuda_attention bench_attention; do gunzip -c "gpu_bins/$b.gz" > "$BIN/$b" && chmod +x "$BIN/$b"; done
+echo "binaries built for compute capability $(cat gpu_bins/COMPUTE_CAP) at commit $(cat gpu_bins/COMMIT)"
 
 # The binaries link libcuda (the driver) and CUDA 13 nvrtc/cublas/curand: use the ones the PyTorch
 # install carries (site-packages/nvidia/*/lib), and say plainly if a version is missing.

@@ -30,6 +30,13 @@ pub trait BatchSource {
     /// Builds the batch holding these samples.
     fn make_batch(&self, indices: &[usize]) -> Result<Batch>;
 
+    /// Builds a batch of `epoch` (0-based). Sources whose samples are drawn afresh every epoch
+    /// (random text blocks) override this; by default it is [`Self::make_batch`].
+    fn make_epoch_batch(&self, epoch: usize, indices: &[usize]) -> Result<Batch> {
+        let _ = epoch;
+        self.make_batch(indices)
+    }
+
     /// Number of batches per epoch, counting a final partial batch.
     fn num_batches(&self) -> usize {
         self.num_items().div_ceil(self.batch_size().max(1))
@@ -42,7 +49,7 @@ pub fn epoch_batches(source: &dyn BatchSource, epoch: usize) -> impl Iterator<It
     let bs = source.batch_size().max(1);
     (0..order.len().div_ceil(bs)).map(move |b| {
         let end = ((b + 1) * bs).min(order.len());
-        source.make_batch(&order[b * bs..end])
+        source.make_epoch_batch(epoch, &order[b * bs..end])
     })
 }
 

@@ -38,6 +38,9 @@ pub enum DataError {
     /// An argument given by the caller is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The `tokenizers` crate failed (training, encoding, or reading/writing `tokenizer.json`).
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
     /// A tensor operation failed while building a batch.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

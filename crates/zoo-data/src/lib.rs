@@ -3,6 +3,8 @@
 //! Reads MNIST and Fashion-MNIST from IDX files (gzip or raw) or from the Hugging Face hub's
 //! parquet files, with checks that turn truncated, corrupt or mismatched files into errors
 //! that name the file. Batches them with a seeded per-epoch shuffle on any candle `Device`.
+//! Text: tokenizers from the `tokenizers` crate ([`tokenize`]: character-level or byte-level
+//! BPE, saved as `tokenizer.json`) and language-model blocks ([`LmBlocks`]).
 //!
 //! ```no_run
 //! use zoo_data::{Dataset, ImageBatcher, MnistLoader, BatchSource};
@@ -23,8 +25,11 @@ pub mod hub;
 pub mod idx;
 pub mod mnist;
 pub mod parquet;
+pub mod text_lm;
+pub mod tokenize;
 
 pub use batcher::{epoch_batches, shuffled_order, Batch, BatchSource, ImageBatcher};
 pub use error::{DataError, Result};
 pub use hub::HubOptions;
 pub use mnist::{DataOrigin, Dataset, ImageSplit, MnistData, MnistLoader};
+pub use text_lm::{read_split_text, LmBlocks, LmEvalBlocks};

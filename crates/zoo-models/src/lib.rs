@@ -5,6 +5,8 @@
 //!
 //! - [`vision::MnistCnn`]: the classic 3-convolution MNIST network (93,322 parameters),
 //!   with [`vision::Mlp`] and [`vision::LinearClassifier`] as baselines.
+//! - [`text::Gpt`]: a decoder-only language model with KV-cache generation
+//!   ([`text::SamplingConfig`]: temperature, top-k, top-p).
 //!
 //! ```
 //! use candle_core::{DType, Device, Module, Tensor};
@@ -21,4 +23,5 @@
 
 #![warn(missing_docs)]
 
+pub mod text;
 pub mod vision;

@@ -8,9 +8,10 @@
 //! grouped-query attention: the key/value rows of `in_proj_weight` shrink to
 //! `num_kv_heads · head_dim` each.
 
+use crate::linear::Linear;
 use crate::positional::RotaryEmbedding;
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use zoo_kernels::attention::{
     attention_probs, flash_attention_with_backend, repeat_kv, AttentionBackend, AttentionMask,
@@ -254,11 +255,8 @@ impl MultiHeadAttention {
             InProj::Packed { weight, bias } => (weight.narrow(0, start, len)?, bias),
             InProj::Separate { q, k, v, bias } => ([q, k, v][which].clone(), bias),
         };
-        let y = x.broadcast_matmul(&w.t()?)?;
-        match b {
-            Some(b) => y.broadcast_add(&b.narrow(0, start, len)?),
-            None => Ok(y),
-        }
+        let b = b.as_ref().map(|b| b.narrow(0, start, len)).transpose()?;
+        crate::linear::linear(x, &w, b.as_ref())
     }
 
     /// `(batch, len, heads·head_dim)` → `(batch, heads, len, head_dim)`.

@@ -2,8 +2,9 @@
 
 use crate::activation::Activation;
 use crate::init::linear_torch;
+use crate::linear::Linear;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// Sizes and options of [`FeedForward`]; defaults are PyTorch's Transformer layer's.

@@ -156,7 +156,12 @@ pub fn conv2d_glorot(
 /// `nn.Linear(in_dim, out_dim, bias)` with PyTorch's default initialization: weight and bias
 /// uniform in `±1/sqrt(in_dim)` (what `kaiming_uniform_(a=sqrt(5))` amounts to). Names
 /// `weight (out, in)` and `bias (out)`.
-pub fn linear_torch(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+pub fn linear_torch(
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<crate::linear::Linear> {
     let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
     let init = Init::Uniform {
         lo: -bound,
@@ -168,7 +173,7 @@ pub fn linear_torch(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -
     } else {
         None
     };
-    Ok(Linear::new(w, b))
+    Ok(crate::linear::Linear::new(w, b))
 }
 
 #[cfg(test)]

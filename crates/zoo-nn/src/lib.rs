@@ -23,6 +23,7 @@ pub mod activation;
 pub mod attention;
 pub mod feed_forward;
 pub mod init;
+pub mod linear;
 pub mod masks;
 pub mod norm;
 pub mod positional;
@@ -31,6 +32,7 @@ pub mod transformer;
 pub use activation::Activation;
 pub use attention::{KvCache, MhaArgs, MhaOutput, MultiHeadAttention, MultiHeadAttentionConfig};
 pub use feed_forward::{FeedForward, FeedForwardConfig};
+pub use linear::Linear;
 pub use norm::{LayerNorm, Norm, NormKind, RmsNorm};
 pub use positional::{LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding};
 pub use transformer::{

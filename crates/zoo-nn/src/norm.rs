@@ -1,10 +1,11 @@
 //! Layer normalization and RMS normalization that train: built from differentiable candle ops.
 //!
 //! candle-nn 0.11's `LayerNorm` / `RmsNorm` modules take a fused path without a backward pass on
-//! contiguous inputs (nothing upstream of them would learn, silently). These layers compute the
-//! same values with ops that have gradients. Parameter names follow PyTorch (`weight`, `bias`).
+//! contiguous inputs (nothing upstream of them would learn, silently). These layers run the
+//! zoo's fused CPU kernels, which have a backward pass ([`zoo_kernels::norm`]), and the composed
+//! candle ops elsewhere. Parameter names follow PyTorch (`weight`, `bias`).
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// `nn.LayerNorm(dim, eps, elementwise_affine=True, bias)` over the last dimension.
@@ -47,16 +48,9 @@ impl Module for LayerNorm {
     /// `(x − mean) / sqrt(var + eps) · weight + bias` over the last dimension (biased variance).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (x, dt) = widened(x)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        let y = normed.broadcast_mul(&self.weight.to_dtype(normed.dtype())?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
-            None => y,
-        };
-        y.to_dtype(dt)
+        let w = self.weight.to_dtype(x.dtype())?;
+        let b = self.bias.as_ref().map(|b| b.to_dtype(x.dtype())).transpose()?;
+        zoo_kernels::norm::layer_norm(&x, &w, b.as_ref(), self.eps)?.to_dtype(dt)
     }
 }
 
@@ -80,9 +74,7 @@ impl RmsNorm {
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (x, dt) = widened(x)?;
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
-        y.broadcast_mul(&self.weight.to_dtype(y.dtype())?)?.to_dtype(dt)
+        zoo_kernels::norm::rms_norm(&x, &self.weight.to_dtype(x.dtype())?, self.eps)?.to_dtype(dt)
     }
 }
 

@@ -43,7 +43,7 @@ pub mod trainer;
 pub use error::{Result, TrainError};
 pub use gradcheck::check_gradient_flow;
 pub use metrics::{EpochMetrics, EvalMetrics};
-pub use objective::{CrossEntropy, Objective};
+pub use objective::{CrossEntropy, Objective, TokenCrossEntropy};
 pub use optim::{AdamW, AdamWConfig, Optimizer, OptimizerConfig, Sgd, SgdConfig};
 pub use progress::ProgressMode;
 pub use schedule::LrSchedule;

@@ -263,7 +263,7 @@ impl Trainer {
                 optimizer.step(&grads, lr)?;
                 state.global_step += 1;
                 let correct = self.objective.correct(&outputs, &batch.targets)?;
-                running.add(value as f64, batch.targets.dim(0)?, correct);
+                running.add(value as f64, self.objective.count(&batch.targets)?, correct);
                 progress.update(i + 1, &running);
             }
             progress.finish();
@@ -451,7 +451,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
         let loss = objective.loss(&outputs, &batch.targets)?;
         let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
         let correct = objective.correct(&outputs, &batch.targets)?;
-        running.add(value, batch.targets.dim(0)?, correct);
+        running.add(value, objective.count(&batch.targets)?, correct);
     }
     Ok(EvalMetrics {
         loss: running.loss(),

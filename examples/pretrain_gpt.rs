@@ -57,20 +57,21 @@ struct Args {
     n_head: usize,
     #[arg(long, default_value_t = 256)]
     n_embd: usize,
-    #[arg(long, default_value_t = 0.1)]
+    /// Dropout (0 keeps attention on the fused kernel; in-kernel dropout is not written yet).
+    #[arg(long, default_value_t = 0.0)]
     dropout: f32,
     #[arg(long, value_enum, default_value = "learned")]
     positions: PositionsArg,
     /// Training blocks per epoch (an "epoch" is one evaluation interval).
     #[arg(long, default_value_t = 6400)]
     blocks_per_epoch: usize,
-    /// Upper bound on epochs; --minutes usually ends the run first.
-    #[arg(long, default_value_t = 100)]
+    /// Epochs (the cosine schedule decays over all of them; --minutes stops earlier if needed).
+    #[arg(long, default_value_t = 10)]
     epochs: usize,
     /// Stop after the first epoch that ends past this many minutes of training.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 32.0)]
     minutes: f64,
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 1.5e-3)]
     lr: f64,
     #[arg(long, default_value_t = 0.1)]
     weight_decay: f64,

@@ -24,6 +24,7 @@ pub mod error;
 pub mod hub;
 pub mod idx;
 pub mod mnist;
+pub mod multi30k;
 pub mod parquet;
 pub mod text_lm;
 pub mod tokenize;
@@ -32,4 +33,5 @@ pub use batcher::{epoch_batches, shuffled_order, Batch, BatchSource, ImageBatche
 pub use error::{DataError, Result};
 pub use hub::HubOptions;
 pub use mnist::{DataOrigin, Dataset, ImageSplit, MnistData, MnistLoader};
+pub use multi30k::{read_multi30k, Multi30kSplit, ParallelCorpus};
 pub use text_lm::{read_split_text, LmBlocks, LmEvalBlocks};

@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bleu;
 pub mod checkpoint;
 pub mod clip;
 pub mod curves;
@@ -43,6 +44,7 @@ pub mod trainer;
 pub use error::{Result, TrainError};
 pub use gradcheck::check_gradient_flow;
 pub use metrics::{EpochMetrics, EvalMetrics};
+pub use bleu::{corpus_bleu, Bleu};
 pub use objective::{CrossEntropy, Objective, TokenCrossEntropy};
 pub use optim::{AdamW, AdamWConfig, Optimizer, OptimizerConfig, Sgd, SgdConfig};
 pub use progress::ProgressMode;

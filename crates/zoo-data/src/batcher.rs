@@ -17,6 +17,8 @@ pub struct Batch {
     pub inputs: Tensor,
     /// Targets, e.g. class indices `(batch,)` u32.
     pub targets: Tensor,
+    /// Further model inputs, e.g. the decoder input of a translation batch.
+    pub extra: Vec<Tensor>,
 }
 
 /// A data set cut into mini-batches, epoch by epoch.
@@ -156,6 +158,7 @@ impl BatchSource for ImageBatcher {
         Ok(Batch {
             inputs: Tensor::from_vec(images, (n, 1, rows, cols), &self.device)?,
             targets: Tensor::from_vec(labels, n, &self.device)?,
+            extra: Vec::new(),
         })
     }
 }

@@ -28,6 +28,7 @@ pub mod multi30k;
 pub mod parquet;
 pub mod text_lm;
 pub mod tokenize;
+pub mod translation;
 
 pub use batcher::{epoch_batches, shuffled_order, Batch, BatchSource, ImageBatcher};
 pub use error::{DataError, Result};
@@ -35,3 +36,4 @@ pub use hub::HubOptions;
 pub use mnist::{DataOrigin, Dataset, ImageSplit, MnistData, MnistLoader};
 pub use multi30k::{read_multi30k, Multi30kSplit, ParallelCorpus};
 pub use text_lm::{read_split_text, LmBlocks, LmEvalBlocks};
+pub use translation::{SpecialIds, TranslationBatches};

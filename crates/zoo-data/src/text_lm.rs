@@ -108,6 +108,7 @@ impl BatchSource for LmBlocks {
         Ok(Batch {
             inputs: Tensor::from_vec(x, (indices.len(), t), &self.device)?,
             targets: Tensor::from_vec(y, (indices.len(), t), &self.device)?,
+            extra: Vec::new(),
         })
     }
 }
@@ -164,6 +165,7 @@ impl BatchSource for LmEvalBlocks {
         Ok(Batch {
             inputs: Tensor::from_vec(x, (indices.len(), t), &self.device)?,
             targets: Tensor::from_vec(y, (indices.len(), t), &self.device)?,
+            extra: Vec::new(),
         })
     }
 }

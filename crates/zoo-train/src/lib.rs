@@ -49,4 +49,4 @@ pub use objective::{CrossEntropy, Objective, TokenCrossEntropy};
 pub use optim::{AdamW, AdamWConfig, Optimizer, OptimizerConfig, Sgd, SgdConfig};
 pub use progress::ProgressMode;
 pub use schedule::LrSchedule;
-pub use trainer::{evaluate, files, TrainReport, Trainer, TrainerConfig, TrainerState};
+pub use trainer::{evaluate, files, BatchModel, TrainReport, Trainer, TrainerConfig, TrainerState};

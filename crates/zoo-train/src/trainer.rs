@@ -16,7 +16,8 @@ use crate::objective::{CrossEntropy, Objective};
 use crate::optim::{named_params, NamedParams, Optimizer, OptimizerConfig};
 use crate::progress::{EpochProgress, ProgressMode};
 use crate::schedule::LrSchedule;
-use candle_core::{DType, ModuleT};
+use candle_core::{DType, ModuleT, Tensor};
+use zoo_data::Batch;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -194,7 +195,7 @@ impl Trainer {
     }
 
     /// Trains `model` on `train`, evaluating on `eval` after every epoch.
-    pub fn fit<M: ModuleT + ?Sized>(
+    pub fn fit<M: BatchModel + ?Sized>(
         &mut self,
         model: &M,
         train: &dyn BatchSource,
@@ -249,7 +250,7 @@ impl Trainer {
                     .cfg
                     .schedule
                     .lr(self.cfg.lr, state.global_step, steps_per_epoch, total_steps);
-                let outputs = model.forward_t(&batch.inputs, true)?;
+                let outputs = model.forward_batch(&batch, true)?;
                 let loss = self.objective.loss(&outputs, &batch.targets)?;
                 let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
                 if !value.is_finite() {
@@ -437,8 +438,22 @@ impl Trainer {
     }
 }
 
+/// A model the trainer can run on a [`Batch`]: every `candle_core::ModuleT` (on
+/// `batch.inputs`), or any model that needs more of the batch (e.g. a translator reading the
+/// decoder input from `batch.extra`).
+pub trait BatchModel {
+    /// Outputs for `batch` (compared with `batch.targets` by the objective).
+    fn forward_batch(&self, batch: &Batch, train: bool) -> candle_core::Result<Tensor>;
+}
+
+impl<M: ModuleT + ?Sized> BatchModel for M {
+    fn forward_batch(&self, batch: &Batch, train: bool) -> candle_core::Result<Tensor> {
+        self.forward_t(&batch.inputs, train)
+    }
+}
+
 /// Mean loss and accuracy of `model` (in evaluation mode) over one pass of `data`.
-pub fn evaluate<M: ModuleT + ?Sized>(
+pub fn evaluate<M: BatchModel + ?Sized>(
     model: &M,
     data: &dyn BatchSource,
     objective: &dyn Objective,
@@ -447,7 +462,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     let mut running = Running::default();
     for batch in epoch_batches(data, 0) {
         let batch = batch?;
-        let outputs = model.forward_t(&batch.inputs, false)?.detach();
+        let outputs = model.forward_batch(&batch, false)?.detach();
         let loss = objective.loss(&outputs, &batch.targets)?;
         let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
         let correct = objective.correct(&outputs, &batch.targets)?;

@@ -66,10 +66,10 @@ struct Args {
     #[arg(long, default_value_t = 6400)]
     blocks_per_epoch: usize,
     /// Epochs (the cosine schedule decays over all of them; --minutes stops earlier if needed).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 9)]
     epochs: usize,
     /// Stop after the first epoch that ends past this many minutes of training.
-    #[arg(long, default_value_t = 32.0)]
+    #[arg(long, default_value_t = 30.0)]
     minutes: f64,
     #[arg(long, default_value_t = 1.5e-3)]
     lr: f64,

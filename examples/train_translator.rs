@@ -113,7 +113,12 @@ fn data_dir(args: &Args) -> Result<PathBuf> {
 
 const SPECIAL: [&str; 4] = ["<pad>", "<bos>", "<eos>", "<unk>"];
 
-fn translate(model: &Seq2SeqTransformer, tok: &tokenize::HfTokenizer, text: &str, beam: &BeamConfig) -> Result<String> {
+fn translate(
+    model: &Seq2SeqTransformer,
+    tok: &tokenize::HfTokenizer,
+    text: &str,
+    beam: &BeamConfig,
+) -> Result<String> {
     let ids = tokenize::encode(tok, text)?;
     let out = model.beam_search(&ids, beam)?;
     Ok(tokenize::decode(tok, &out)?)
@@ -124,7 +129,10 @@ fn main() -> Result<()> {
     candle_zoo::kernels::allocator::retain_freed_memory();
     let device = candle_zoo::device_from_name(&args.device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let (tok_path, cfg_path) = (args.out.join("tokenizer.json"), args.out.join("seq2seq_config.json"));
+    let (tok_path, cfg_path) = (
+        args.out.join("tokenizer.json"),
+        args.out.join("seq2seq_config.json"),
+    );
     let beam = BeamConfig {
         beam_size: args.beam,
         length_penalty: args.length_penalty,
@@ -132,7 +140,10 @@ fn main() -> Result<()> {
     };
     let load_model = |cfg: &Seq2SeqConfig| -> Result<Seq2SeqTransformer> {
         let vm = VarMap::new();
-        let model = Seq2SeqTransformer::new(cfg, candle_zoo::nn::init::seeded_var_builder(&vm, 0, DType::F32, &device))?;
+        let model = Seq2SeqTransformer::new(
+            cfg,
+            candle_zoo::nn::init::seeded_var_builder(&vm, 0, DType::F32, &device),
+        )?;
         let path = args.out.join("model.safetensors");
         if !path.exists() {
             bail!("{} not found: train first", path.display());
@@ -142,7 +153,9 @@ fn main() -> Result<()> {
     };
     if !args.translate_only.is_empty() {
         let tok = tokenize::load(&tok_path)?;
-        let cfg: Seq2SeqConfig = serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?)?;
+        let cfg: Seq2SeqConfig = serde_json::from_str(
+            &std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
+        )?;
         let model = load_model(&cfg)?;
         for s in &args.translate_only {
             println!("{s}\n  -> {}", translate(&model, &tok, s, &beam)?);
@@ -154,24 +167,40 @@ fn main() -> Result<()> {
     let train = read_multi30k(&dir, Multi30kSplit::Train, "en", "de")?;
     let val = read_multi30k(&dir, Multi30kSplit::Val, "en", "de")?;
     let test = read_multi30k(&dir, Multi30kSplit::Test2016, "en", "de")?;
-    println!("Multi30k en-de: {} train / {} val / {} test pairs ({})", train.len(), val.len(), test.len(), dir.display());
+    println!(
+        "Multi30k en-de: {} train / {} val / {} test pairs ({})",
+        train.len(),
+        val.len(),
+        test.len(),
+        dir.display()
+    );
     let tok = if args.resume && tok_path.exists() {
         tokenize::load(&tok_path)?
     } else {
         let joint = args.out.join("train.en-de.txt");
-        std::fs::write(&joint, format!("{}\n{}\n", train.src.join("\n"), train.tgt.join("\n")))?;
+        std::fs::write(
+            &joint,
+            format!("{}\n{}\n", train.src.join("\n"), train.tgt.join("\n")),
+        )?;
         let t = tokenize::train_bpe(&[&joint], args.vocab_size, &SPECIAL)?;
         tokenize::save(&t, &tok_path)?;
         t
     };
-    let id = |s: &str| tok.token_to_id(s).with_context(|| format!("{s} missing from the tokenizer"));
+    let id = |s: &str| {
+        tok.token_to_id(s)
+            .with_context(|| format!("{s} missing from the tokenizer"))
+    };
     let ids = SpecialIds {
         pad: id("<pad>")?,
         bos: id("<bos>")?,
         eos: id("<eos>")?,
     };
     let encode_pairs = |c: &candle_zoo::data::ParallelCorpus| -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
-        c.src.iter().zip(&c.tgt).map(|(s, t)| Ok((tokenize::encode(&tok, s)?, tokenize::encode(&tok, t)?))).collect()
+        c.src
+            .iter()
+            .zip(&c.tgt)
+            .map(|(s, t)| Ok((tokenize::encode(&tok, s)?, tokenize::encode(&tok, t)?)))
+            .collect()
     };
     let cfg = Seq2SeqConfig {
         src_vocab_size: tok.get_vocab_size(true),
@@ -194,10 +223,14 @@ fn main() -> Result<()> {
         eos_id: ids.eos,
     };
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
-    let train_b = TranslationBatches::new(encode_pairs(&train)?, args.batch_size, 100, ids, &device)?.shuffle(args.seed);
+    let train_b = TranslationBatches::new(encode_pairs(&train)?, args.batch_size, 100, ids, &device)?
+        .shuffle(args.seed);
     let val_b = TranslationBatches::new(encode_pairs(&val)?, 128, 100, ids, &device)?;
     let vm = VarMap::new();
-    let model = Seq2SeqTransformer::new(&cfg, candle_zoo::nn::init::seeded_var_builder(&vm, args.seed, DType::F32, &device))?;
+    let model = Seq2SeqTransformer::new(
+        &cfg,
+        candle_zoo::nn::init::seeded_var_builder(&vm, args.seed, DType::F32, &device),
+    )?;
     println!(
         "Transformer {}+{} layers, d_model {}, {} heads, vocabulary {} (joint BPE), {} parameters",
         args.layers,
@@ -251,7 +284,10 @@ fn main() -> Result<()> {
 
     let n = args.test_limit.unwrap_or(test.len()).min(test.len());
     let t0 = Instant::now();
-    let hyps: Vec<String> = test.src[..n].iter().map(|s| translate(&model, &tok, s, &beam)).collect::<Result<_>>()?;
+    let hyps: Vec<String> = test.src[..n]
+        .iter()
+        .map(|s| translate(&model, &tok, s, &beam))
+        .collect::<Result<_>>()?;
     let bleu = corpus_bleu(&hyps, &test.tgt[..n]);
     println!(
         "test BLEU {:.2} on {n} sentences (beam {}, {:.0} s to translate) after {train_min:.1} minutes of training\n{bleu}",

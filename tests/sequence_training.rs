@@ -10,7 +10,8 @@ use candle_zoo::data::{Batch, SpecialIds, TranslationBatches};
 use candle_zoo::models::text::{BeamConfig, Gpt, GptConfig, Seq2SeqConfig, Seq2SeqTransformer};
 use candle_zoo::nn::TransformerLayerConfig;
 use candle_zoo::train::{
-    evaluate, BatchModel, LrSchedule, OptimizerConfig, ProgressMode, TokenCrossEntropy, Trainer, TrainerConfig,
+    evaluate, BatchModel, LrSchedule, OptimizerConfig, ProgressMode, TokenCrossEntropy, Trainer,
+    TrainerConfig,
 };
 
 struct Teacher<'a>(&'a Seq2SeqTransformer);
@@ -44,13 +45,19 @@ fn trainer_cfg(epochs: usize, lr: f64) -> TrainerConfig {
 #[test]
 fn a_tiny_translator_learns_to_reverse_sentences() {
     let dev = Device::Cpu;
-    let ids = SpecialIds { pad: 0, bos: 1, eos: 2 };
+    let ids = SpecialIds {
+        pad: 0,
+        bos: 1,
+        eos: 2,
+    };
     // Words 3..13; the target is the source reversed.
     let pairs = |n: usize, seed: u64| -> Vec<(Vec<u32>, Vec<u32>)> {
         let mut x = seed;
         (0..n)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let len = 3 + (x >> 60) as usize % 4;
                 let s: Vec<u32> = (0..len).map(|i| 3 + ((x >> (8 * i + 3)) % 10) as u32).collect();
                 let t: Vec<u32> = s.iter().rev().copied().collect();
@@ -58,7 +65,9 @@ fn a_tiny_translator_learns_to_reverse_sentences() {
             })
             .collect()
     };
-    let train = TranslationBatches::new(pairs(1024, 7), 32, 16, ids, &dev).unwrap().shuffle(3);
+    let train = TranslationBatches::new(pairs(1024, 7), 32, 16, ids, &dev)
+        .unwrap()
+        .shuffle(3);
     let val = TranslationBatches::new(pairs(128, 99), 64, 16, ids, &dev).unwrap();
     let cfg = Seq2SeqConfig {
         src_vocab_size: 13,
@@ -78,7 +87,11 @@ fn a_tiny_translator_learns_to_reverse_sentences() {
         ..Default::default()
     };
     let vm = VarMap::new();
-    let model = Seq2SeqTransformer::new(&cfg, candle_zoo::nn::init::seeded_var_builder(&vm, 2, DType::F32, &dev)).unwrap();
+    let model = Seq2SeqTransformer::new(
+        &cfg,
+        candle_zoo::nn::init::seeded_var_builder(&vm, 2, DType::F32, &dev),
+    )
+    .unwrap();
     let objective = TokenCrossEntropy {
         ignore_index: Some(0),
         label_smoothing: 0.0,
@@ -90,8 +103,15 @@ fn a_tiny_translator_learns_to_reverse_sentences() {
         .fit(&Teacher(&model), &train, None)
         .unwrap();
     let after = evaluate(&Teacher(&model), &val, &objective).unwrap();
-    eprintln!("reverse task: val loss {before:.3} -> {:.3}, token accuracy {:?}", after.loss, after.accuracy);
-    assert!(after.loss < before * 0.25, "the translator did not learn: {before:.3} -> {:.3}", after.loss);
+    eprintln!(
+        "reverse task: val loss {before:.3} -> {:.3}, token accuracy {:?}",
+        after.loss, after.accuracy
+    );
+    assert!(
+        after.loss < before * 0.25,
+        "the translator did not learn: {before:.3} -> {:.3}",
+        after.loss
+    );
     let beam = BeamConfig {
         beam_size: 3,
         length_penalty: 0.6,
@@ -102,14 +122,21 @@ fn a_tiny_translator_learns_to_reverse_sentences() {
         .iter()
         .filter(|(s, t)| model.beam_search(s, &beam).unwrap() == *t)
         .count();
-    assert!(right >= 14, "beam search reversed only {right}/20 unseen sentences");
+    assert!(
+        right >= 14,
+        "beam search reversed only {right}/20 unseen sentences"
+    );
 }
 
 #[test]
 fn a_tiny_gpt_learns_shakespeare_characters() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinyshakespeare/input.txt");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinyshakespeare/input.txt");
     if !path.exists() {
-        eprintln!("SKIP: {} not found (the shared data folder is absent)", path.display());
+        eprintln!(
+            "SKIP: {} not found (the shared data folder is absent)",
+            path.display()
+        );
         return;
     }
     use candle_zoo::data::{read_split_text, tokenize, LmBlocks, LmEvalBlocks};
@@ -132,7 +159,11 @@ fn a_tiny_gpt_learns_shakespeare_characters() {
         .with_blocks_per_epoch(1280);
     let val_b = LmEvalBlocks::new(tokenize::encode(&tok, &val).unwrap(), 32, 64, &dev).unwrap();
     let vm = VarMap::new();
-    let gpt = Gpt::new(&cfg, candle_zoo::nn::init::seeded_var_builder(&vm, 4, DType::F32, &dev)).unwrap();
+    let gpt = Gpt::new(
+        &cfg,
+        candle_zoo::nn::init::seeded_var_builder(&vm, 4, DType::F32, &dev),
+    )
+    .unwrap();
     let objective = TokenCrossEntropy::default();
     let before = evaluate(&gpt, &val_b, &objective).unwrap().loss;
     Trainer::new(trainer_cfg(8, 1e-2), &vm)
@@ -142,5 +173,8 @@ fn a_tiny_gpt_learns_shakespeare_characters() {
         .unwrap();
     let after = evaluate(&gpt, &val_b, &objective).unwrap().loss;
     eprintln!("tiny GPT: val loss {before:.3} -> {after:.3} nats/char");
-    assert!(after < before - 1.2 && after < 2.9, "the GPT did not learn: {before:.3} -> {after:.3}");
+    assert!(
+        after < before - 1.2 && after < 2.9,
+        "the GPT did not learn: {before:.3} -> {after:.3}"
+    );
 }

@@ -54,13 +54,21 @@ fn read_gz_lines(path: &Path) -> Result<Vec<String>> {
     let f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     BufReader::new(GzDecoder::new(f))
         .lines()
-        .map(|l| l.map(|s| s.trim_end_matches('\r').to_string()).map_err(|e| DataError::io(path, e)))
+        .map(|l| {
+            l.map(|s| s.trim_end_matches('\r').to_string())
+                .map_err(|e| DataError::io(path, e))
+        })
         .collect()
 }
 
 /// Reads `split` from `dir` (the folder holding the `.gz` files) for languages `src` → `tgt`
 /// (`"en"`, `"de"`). The two files must have the same number of lines.
-pub fn read_multi30k(dir: impl AsRef<Path>, split: Multi30kSplit, src: &str, tgt: &str) -> Result<ParallelCorpus> {
+pub fn read_multi30k(
+    dir: impl AsRef<Path>,
+    split: Multi30kSplit,
+    src: &str,
+    tgt: &str,
+) -> Result<ParallelCorpus> {
     let dir = dir.as_ref();
     let file = |lang: &str| -> PathBuf { dir.join(format!("{}.{lang}.gz", split.stem())) };
     let (sp, tp) = (file(src), file(tgt));
@@ -68,7 +76,12 @@ pub fn read_multi30k(dir: impl AsRef<Path>, split: Multi30kSplit, src: &str, tgt
     if s.len() != t.len() {
         return Err(DataError::format(
             &tp,
-            format!("{} lines, but {} has {}: the files must be parallel", t.len(), sp.display(), s.len()),
+            format!(
+                "{} lines, but {} has {}: the files must be parallel",
+                t.len(),
+                sp.display(),
+                s.len()
+            ),
         ));
     }
     Ok(ParallelCorpus { src: s, tgt: t })
@@ -81,7 +94,10 @@ mod tests {
     use std::io::Write;
 
     fn write_gz(path: &Path, text: &str) {
-        let mut e = GzEncoder::new(std::fs::File::create(path).expect("create"), flate2::Compression::default());
+        let mut e = GzEncoder::new(
+            std::fs::File::create(path).expect("create"),
+            flate2::Compression::default(),
+        );
         e.write_all(text.as_bytes()).expect("write");
         e.finish().expect("finish");
     }
@@ -90,13 +106,18 @@ mod tests {
     fn reads_parallel_files_and_rejects_mismatched_ones() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| DataError::io("tempdir", e))?;
         write_gz(&dir.path().join("val.en.gz"), "A man sleeps.\nTwo dogs play.\n");
-        write_gz(&dir.path().join("val.de.gz"), "Ein Mann schläft.\r\nZwei Hunde spielen.\n");
+        write_gz(
+            &dir.path().join("val.de.gz"),
+            "Ein Mann schläft.\r\nZwei Hunde spielen.\n",
+        );
         let c = read_multi30k(dir.path(), Multi30kSplit::Val, "en", "de")?;
         assert_eq!(c.len(), 2);
         assert_eq!(c.tgt[0], "Ein Mann schläft.");
         write_gz(&dir.path().join("train.en.gz"), "one\ntwo\n");
         write_gz(&dir.path().join("train.de.gz"), "eins\n");
-        let e = read_multi30k(dir.path(), Multi30kSplit::Train, "en", "de").unwrap_err().to_string();
+        let e = read_multi30k(dir.path(), Multi30kSplit::Train, "en", "de")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be parallel"), "{e}");
         assert!(read_multi30k(dir.path(), Multi30kSplit::Test2016, "en", "de").is_err());
         Ok(())
@@ -110,7 +131,11 @@ mod tests {
             eprintln!("SKIP: {} not found", dir.display());
             return Ok(());
         }
-        for (split, n) in [(Multi30kSplit::Train, 29_000), (Multi30kSplit::Val, 1_014), (Multi30kSplit::Test2016, 1_000)] {
+        for (split, n) in [
+            (Multi30kSplit::Train, 29_000),
+            (Multi30kSplit::Val, 1_014),
+            (Multi30kSplit::Test2016, 1_000),
+        ] {
             assert_eq!(read_multi30k(&dir, split, "en", "de")?.len(), n, "{split:?}");
         }
         Ok(())

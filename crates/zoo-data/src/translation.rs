@@ -40,7 +40,9 @@ impl TranslationBatches {
         device: &Device,
     ) -> Result<Self> {
         if batch_size == 0 || max_len == 0 {
-            return Err(DataError::InvalidArgument("batch_size and max_len must be at least 1".into()));
+            return Err(DataError::InvalidArgument(
+                "batch_size and max_len must be at least 1".into(),
+            ));
         }
         for (s, t) in pairs.iter_mut() {
             s.truncate(max_len);
@@ -101,7 +103,12 @@ impl BatchSource for TranslationBatches {
 
     fn make_batch(&self, indices: &[usize]) -> Result<Batch> {
         let b = indices.len();
-        let s_len = indices.iter().map(|&i| self.pairs[i].0.len()).max().unwrap_or(0).max(1);
+        let s_len = indices
+            .iter()
+            .map(|&i| self.pairs[i].0.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let t_len = indices.iter().map(|&i| self.pairs[i].1.len()).max().unwrap_or(0) + 1;
         let SpecialIds { pad, bos, eos } = self.ids;
         let mut src = vec![pad; b * s_len];
@@ -130,20 +137,37 @@ mod tests {
 
     #[test]
     fn batches_pad_shift_and_group_similar_lengths() -> Result<()> {
-        let ids = SpecialIds { pad: 0, bos: 1, eos: 2 };
+        let ids = SpecialIds {
+            pad: 0,
+            bos: 1,
+            eos: 2,
+        };
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..200u32)
-            .map(|i| ((0..(i % 17 + 1)).map(|j| 10 + j).collect(), (0..(i % 13 + 1)).map(|j| 100 + j).collect()))
+            .map(|i| {
+                (
+                    (0..(i % 17 + 1)).map(|j| 10 + j).collect(),
+                    (0..(i % 13 + 1)).map(|j| 100 + j).collect(),
+                )
+            })
             .collect();
         let src = TranslationBatches::new(pairs, 8, 12, ids, &Device::Cpu)?.shuffle(3);
         let mut seen = 0;
         let mut padding = 0usize;
         for b in epoch_batches(&src, 0) {
             let b = b?;
-            let (x, tin, tout) = (b.inputs.to_vec2::<u32>()?, b.extra[0].to_vec2::<u32>()?, b.targets.to_vec2::<u32>()?);
+            let (x, tin, tout) = (
+                b.inputs.to_vec2::<u32>()?,
+                b.extra[0].to_vec2::<u32>()?,
+                b.targets.to_vec2::<u32>()?,
+            );
             for r in 0..x.len() {
                 assert_eq!(tin[r][0], 1, "decoder input starts with BOS");
                 let n = tout[r].iter().position(|&t| t == 2).expect("EOS");
-                assert_eq!(&tin[r][1..=n], &tout[r][..n], "target is the input shifted by one");
+                assert_eq!(
+                    &tin[r][1..=n],
+                    &tout[r][..n],
+                    "target is the input shifted by one"
+                );
                 assert!(tout[r][n + 1..].iter().all(|&t| t == 0) && x[r].len() <= 12);
                 padding += x[r].iter().filter(|&&t| t == 0).count();
             }

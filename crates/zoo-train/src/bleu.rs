@@ -61,7 +61,10 @@ fn in_13a_class(c: char) -> bool {
 
 /// mteval-v13a tokenization, as sacrebleu's `Tokenizer13a` (including its regex passes).
 pub fn tokenize_13a(line: &str) -> String {
-    let mut line = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
+    let mut line = line
+        .replace("<skipped>", "")
+        .replace("-\n", "")
+        .replace('\n', " ");
     if line.contains('&') {
         line = line
             .replace("&quot;", "\"")
@@ -117,7 +120,11 @@ pub fn tokenize_13a(line: &str) -> String {
             i += 1;
         }
     }
-    d.into_iter().collect::<String>().split_whitespace().collect::<Vec<_>>().join(" ")
+    d.into_iter()
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn ngrams(tokens: &[&str], n: usize) -> HashMap<Vec<String>, usize> {
@@ -136,14 +143,23 @@ pub fn corpus_bleu(hypotheses: &[impl AsRef<str>], references: &[impl AsRef<str>
     let mut totals = [0usize; 4];
     let (mut sys_len, mut ref_len) = (0, 0);
     for (h, r) in hypotheses.iter().zip(references) {
-        let (h, r) = (tokenize_13a(h.as_ref().trim_end()), tokenize_13a(r.as_ref().trim_end()));
-        let (ht, rt): (Vec<&str>, Vec<&str>) = (h.split(' ').filter(|t| !t.is_empty()).collect(), r.split(' ').filter(|t| !t.is_empty()).collect());
+        let (h, r) = (
+            tokenize_13a(h.as_ref().trim_end()),
+            tokenize_13a(r.as_ref().trim_end()),
+        );
+        let (ht, rt): (Vec<&str>, Vec<&str>) = (
+            h.split(' ').filter(|t| !t.is_empty()).collect(),
+            r.split(' ').filter(|t| !t.is_empty()).collect(),
+        );
         sys_len += ht.len();
         ref_len += rt.len();
         for n in 1..=4 {
             let (hn, rn) = (ngrams(&ht, n), ngrams(&rt, n));
             totals[n - 1] += ht.len().saturating_sub(n - 1);
-            counts[n - 1] += hn.iter().map(|(g, &c)| c.min(*rn.get(g).unwrap_or(&0))).sum::<usize>();
+            counts[n - 1] += hn
+                .iter()
+                .map(|(g, &c)| c.min(*rn.get(g).unwrap_or(&0)))
+                .sum::<usize>();
         }
     }
     let bleu = Bleu {
@@ -169,7 +185,10 @@ pub fn corpus_bleu(hypotheses: &[impl AsRef<str>], references: &[impl AsRef<str>
             100.0 * counts[n] as f64 / totals[n] as f64
         };
     }
-    let log_sum: f64 = precisions.iter().map(|&p| if p > 0.0 { p.ln() } else { -9_999_999_999.0 }).sum();
+    let log_sum: f64 = precisions
+        .iter()
+        .map(|&p| if p > 0.0 { p.ln() } else { -9_999_999_999.0 })
+        .sum();
     Bleu {
         score: bleu.brevity_penalty() * (log_sum / 4.0).exp(),
         ..bleu
@@ -182,28 +201,56 @@ mod tests {
 
     #[test]
     fn tokenization_follows_mteval_13a() {
-        assert_eq!(tokenize_13a("It costs 3.50 dollars, or 1,000 cents - no: 12-3!"), "It costs 3.50 dollars , or 1,000 cents - no : 12 - 3 !");
+        assert_eq!(
+            tokenize_13a("It costs 3.50 dollars, or 1,000 cents - no: 12-3!"),
+            "It costs 3.50 dollars , or 1,000 cents - no : 12 - 3 !"
+        );
         assert_eq!(tokenize_13a("A &quot;b&quot; &amp; c."), "A \" b \" & c .");
         assert_eq!(tokenize_13a("Ein Mann schläft."), "Ein Mann schläft .");
     }
 
     #[test]
     fn matches_sacrebleu_on_its_fixtures() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/bleu/sacrebleu.json");
-        let text = std::fs::read_to_string(&path).expect("tests/fixtures/bleu/sacrebleu.json (tools/make_bleu_fixtures.py)");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/bleu/sacrebleu.json");
+        let text = std::fs::read_to_string(&path)
+            .expect("tests/fixtures/bleu/sacrebleu.json (tools/make_bleu_fixtures.py)");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         let cases = v["cases"].as_array().expect("cases");
         assert!(cases.len() >= 7);
         for c in cases {
-            let strs = |k: &str| -> Vec<String> { c[k].as_array().expect(k).iter().map(|s| s.as_str().expect("str").to_string()).collect() };
-            let ints = |k: &str| -> Vec<usize> { c[k].as_array().expect(k).iter().map(|x| x.as_u64().expect("int") as usize).collect() };
+            let strs = |k: &str| -> Vec<String> {
+                c[k].as_array()
+                    .expect(k)
+                    .iter()
+                    .map(|s| s.as_str().expect("str").to_string())
+                    .collect()
+            };
+            let ints = |k: &str| -> Vec<usize> {
+                c[k].as_array()
+                    .expect(k)
+                    .iter()
+                    .map(|x| x.as_u64().expect("int") as usize)
+                    .collect()
+            };
             let b = corpus_bleu(&strs("hyps"), &strs("refs"));
             let name = c["name"].as_str().expect("name");
             assert_eq!(b.counts.to_vec(), ints("counts"), "{name}: counts");
             assert_eq!(b.totals.to_vec(), ints("totals"), "{name}: totals");
-            assert_eq!((b.sys_len, b.ref_len), (c["sys_len"].as_u64().expect("sys") as usize, c["ref_len"].as_u64().expect("ref") as usize), "{name}: lengths");
+            assert_eq!(
+                (b.sys_len, b.ref_len),
+                (
+                    c["sys_len"].as_u64().expect("sys") as usize,
+                    c["ref_len"].as_u64().expect("ref") as usize
+                ),
+                "{name}: lengths"
+            );
             let want = c["score"].as_f64().expect("score");
-            assert!((b.score - want).abs() < 1e-9, "{name}: BLEU {} vs sacrebleu {want}", b.score);
+            assert!(
+                (b.score - want).abs() < 1e-9,
+                "{name}: BLEU {} vs sacrebleu {want}",
+                b.score
+            );
         }
     }
 }

@@ -41,10 +41,10 @@ pub mod progress;
 pub mod schedule;
 pub mod trainer;
 
+pub use bleu::{corpus_bleu, Bleu};
 pub use error::{Result, TrainError};
 pub use gradcheck::check_gradient_flow;
 pub use metrics::{EpochMetrics, EvalMetrics};
-pub use bleu::{corpus_bleu, Bleu};
 pub use objective::{CrossEntropy, Objective, TokenCrossEntropy};
 pub use optim::{AdamW, AdamWConfig, Optimizer, OptimizerConfig, Sgd, SgdConfig};
 pub use progress::ProgressMode;

@@ -17,13 +17,13 @@ use crate::optim::{named_params, NamedParams, Optimizer, OptimizerConfig};
 use crate::progress::{EpochProgress, ProgressMode};
 use crate::schedule::LrSchedule;
 use candle_core::{DType, ModuleT, Tensor};
-use zoo_data::Batch;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use zoo_data::Batch;
 use zoo_data::{epoch_batches, BatchSource};
 
 /// Everything that shapes a training run.

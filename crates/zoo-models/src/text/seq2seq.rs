@@ -242,13 +242,20 @@ impl Seq2SeqTransformer {
         for step in 0..max_len {
             let ids = Tensor::new(last.as_slice(), &dev)?.unsqueeze(1)?;
             let x = self.embed(&self.tgt_emb, &ids, step, false)?;
-            let out = self.transformer.decoder.forward_step(&x, &mut cache, Some(&src_pad))?;
-            let logp = candle_nn::ops::log_softmax(&self.generator.forward(&out)?.squeeze(1)?.to_dtype(DType::F32)?, D::Minus1)?;
+            let out = self
+                .transformer
+                .decoder
+                .forward_step(&x, &mut cache, Some(&src_pad))?;
+            let logp = candle_nn::ops::log_softmax(
+                &self.generator.forward(&out)?.squeeze(1)?.to_dtype(DType::F32)?,
+                D::Minus1,
+            )?;
             let logp: Vec<Vec<f32>> = logp.to_vec2()?;
             // Candidates from every live beam, best first.
             let mut cand: Vec<(usize, u32, f64)> = Vec::new();
             for (b, (_, score)) in beams.iter().enumerate() {
-                let mut row: Vec<(u32, f32)> = logp[b].iter().enumerate().map(|(t, &l)| (t as u32, l)).collect();
+                let mut row: Vec<(u32, f32)> =
+                    logp[b].iter().enumerate().map(|(t, &l)| (t as u32, l)).collect();
                 row.sort_by(|a, b| b.1.total_cmp(&a.1));
                 for &(t, l) in row.iter().take(k) {
                     cand.push((b, t, score + l as f64));
@@ -281,7 +288,10 @@ impl Seq2SeqTransformer {
             let mut order = parents.clone();
             order.resize(k, *parents.last().unwrap_or(&0));
             cache.select_rows(&Tensor::new(order.as_slice(), &dev)?)?;
-            last = next.iter().map(|n| *n.0.last().unwrap_or(&self.cfg.bos_id)).collect();
+            last = next
+                .iter()
+                .map(|n| *n.0.last().unwrap_or(&self.cfg.bos_id))
+                .collect();
             last.resize(k, self.cfg.pad_id);
             beams = next;
         }
@@ -325,20 +335,45 @@ mod tests {
     fn greedy_with_caches_equals_full_recomputation_and_beam_one_is_greedy() -> Result<()> {
         let dev = Device::Cpu;
         let vm = VarMap::new();
-        let m = Seq2SeqTransformer::new(&tiny(), zoo_nn::init::seeded_var_builder(&vm, 5, DType::F32, &dev))?;
+        let m = Seq2SeqTransformer::new(
+            &tiny(),
+            zoo_nn::init::seeded_var_builder(&vm, 5, DType::F32, &dev),
+        )?;
         let src = [5u32, 7, 3, 9, 4];
         let greedy = m.greedy(&src, 10)?;
         // Recompute every step from scratch with teacher forcing on the greedy prefix.
         let mut prefix = vec![m.cfg.bos_id];
         for &tok in &greedy {
-            let logits = m.forward_t(&Tensor::new(&src, &dev)?.unsqueeze(0)?, &Tensor::new(prefix.as_slice(), &dev)?.unsqueeze(0)?, false)?;
-            let best = logits.squeeze(0)?.get(prefix.len() - 1)?.argmax(0)?.to_scalar::<u32>()?;
+            let logits = m.forward_t(
+                &Tensor::new(&src, &dev)?.unsqueeze(0)?,
+                &Tensor::new(prefix.as_slice(), &dev)?.unsqueeze(0)?,
+                false,
+            )?;
+            let best = logits
+                .squeeze(0)?
+                .get(prefix.len() - 1)?
+                .argmax(0)?
+                .to_scalar::<u32>()?;
             assert_eq!(best, tok, "cached greedy decoding diverged after {prefix:?}");
             prefix.push(tok);
         }
-        let beam1 = m.beam_search(&src, &BeamConfig { beam_size: 1, length_penalty: 0.0, max_len: 10 })?;
+        let beam1 = m.beam_search(
+            &src,
+            &BeamConfig {
+                beam_size: 1,
+                length_penalty: 0.0,
+                max_len: 10,
+            },
+        )?;
         assert_eq!(beam1, greedy);
-        let beam4 = m.beam_search(&src, &BeamConfig { beam_size: 4, length_penalty: 0.6, max_len: 10 })?;
+        let beam4 = m.beam_search(
+            &src,
+            &BeamConfig {
+                beam_size: 4,
+                length_penalty: 0.6,
+                max_len: 10,
+            },
+        )?;
         assert!(beam4.len() <= 10);
         Ok(())
     }

@@ -34,10 +34,7 @@ pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 struct AddBias;
 
 fn f32_of<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("add_bias: {name} must be a contiguous f32 tensor"),
-    }
+    crate::host::f32_slice(s, l, "add_bias", name)
 }
 
 multiversion! {

@@ -24,6 +24,7 @@ mod multiversion;
 pub mod allocator;
 pub mod attention;
 pub mod bias;
+mod host;
 pub mod norm;
 mod parallel;
 pub mod pool;

@@ -228,10 +228,7 @@ multiversion! {
 }
 
 fn f32_of<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("norm: {name} must be a contiguous f32 tensor"),
-    }
+    crate::host::f32_slice(s, l, "norm", name)
 }
 
 impl NormOp {

@@ -63,11 +63,7 @@ impl FlashAttention {
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        (CpuStorage::F32(_), None) => candle_core::bail!("flash attention: {name} must be contiguous"),
-        (other, _) => candle_core::bail!("flash attention: {name} must be f32, got {:?}", other.dtype()),
-    }
+    crate::host::f32_slice(s, l, "flash attention", name)
 }
 
 /// A read lock on a CPU f32 tensor's data, and where its elements are.
@@ -90,8 +86,6 @@ impl<'a> HostView<'a> {
         }
     }
 }
-
-use candle_core::backend::BackendStorage;
 
 impl CustomOp3 for FlashAttention {
     fn name(&self) -> &'static str {

@@ -103,19 +103,13 @@ struct Args {
 }
 
 fn corpus(args: &Args) -> Result<PathBuf> {
-    if let Some(p) = &args.data {
-        return Ok(p.clone());
+    match &args.data {
+        Some(p) => Ok(p.clone()),
+        None => Ok(candle_zoo::data::find_data(
+            "tinyshakespeare/input.txt",
+            &[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")],
+        )?),
     }
-    let mut roots = Vec::new();
-    if let Ok(d) = std::env::var("CANDLE_ZOO_DATA") {
-        roots.push(PathBuf::from(d));
-    }
-    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    roots
-        .iter()
-        .map(|r| r.join("tinyshakespeare/input.txt"))
-        .find(|p| p.exists())
-        .with_context(|| format!("no tinyshakespeare/input.txt under {roots:?}; pass --data PATH"))
 }
 
 fn main() -> Result<()> {

@@ -98,19 +98,13 @@ impl BatchModel for Teacher<'_> {
 }
 
 fn data_dir(args: &Args) -> Result<PathBuf> {
-    if let Some(p) = &args.data {
-        return Ok(p.clone());
+    match &args.data {
+        Some(p) => Ok(p.clone()),
+        None => Ok(candle_zoo::data::find_data(
+            "multi30k",
+            &[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")],
+        )?),
     }
-    let mut roots = Vec::new();
-    if let Ok(d) = std::env::var("CANDLE_ZOO_DATA") {
-        roots.push(PathBuf::from(d));
-    }
-    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    roots
-        .iter()
-        .map(|r| r.join("multi30k"))
-        .find(|p| p.join("train.en.gz").exists())
-        .with_context(|| format!("no multi30k/train.en.gz under {roots:?}; pass --data DIR"))
 }
 
 const SPECIAL: [&str; 4] = ["<pad>", "<bos>", "<eos>", "<unk>"];

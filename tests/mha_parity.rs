@@ -4,52 +4,19 @@
 //! outputs and every gradient agree within 1e-5 of each tensor's largest magnitude (f32
 //! arithmetic against a float64 reference; observed errors are ~1e-7).
 
+mod common;
+
 use candle_zoo::candle_core::{DType, Device, Tensor, Var};
 use candle_zoo::candle_nn::VarMap;
 use candle_zoo::kernels::AttentionBackend;
 use candle_zoo::nn::{MhaArgs, MultiHeadAttention, MultiHeadAttentionConfig};
 use candle_zoo::train::checkpoint::load_tensors;
+use common::{fixtures, rel_err};
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
-
-fn fixtures() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mha");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("tests/fixtures/mha")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 5,
-        "expected the fixtures of tools/make_mha_fixtures.py in {dir:?}"
-    );
-    files
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let b = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-12);
-    a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
-}
 
 #[test]
 fn pytorch_multihead_attention_parity() {
-    for path in fixtures() {
+    for path in fixtures("mha", 5, "make_mha_fixtures.py") {
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
         let (t, meta) = load_tensors(&path, &Device::Cpu).unwrap();
         let c: serde_json::Value = serde_json::from_str(&meta["config"]).unwrap();

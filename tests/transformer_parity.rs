@@ -5,6 +5,8 @@
 //! Tolerances, relative to each tensor's largest magnitude: output 1e-5, gradients of the inputs
 //! 1e-4 (the targets), parameter gradients 1e-4. f32 arithmetic against float64.
 
+mod common;
+
 use candle_zoo::candle_core::{DType, Device, Tensor, Var};
 use candle_zoo::candle_nn::VarMap;
 use candle_zoo::nn::{
@@ -12,35 +14,8 @@ use candle_zoo::nn::{
     TransformerEncoder, TransformerEncoderLayer, TransformerLayerConfig,
 };
 use candle_zoo::train::checkpoint::load_tensors;
+use common::{fixtures, rel_err};
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
-
-fn fixtures() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transformer");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("tests/fixtures/transformer")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 8,
-        "expected the fixtures of tools/make_transformer_fixtures.py in {dir:?}"
-    );
-    files
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let flat = |t: &Tensor| {
-        t.to_dtype(DType::F64)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f64>())
-    };
-    let (a, b) = (flat(a).expect("a"), flat(b).expect("b"));
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-12);
-    a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
-}
 
 enum Model {
     EncoderLayer(TransformerEncoderLayer),
@@ -51,7 +26,7 @@ enum Model {
 
 #[test]
 fn pytorch_transformer_family_parity() {
-    for path in fixtures() {
+    for path in fixtures("transformer", 8, "make_transformer_fixtures.py") {
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
         let (t, meta) = load_tensors(&path, &Device::Cpu).unwrap();
         let c: serde_json::Value = serde_json::from_str(&meta["config"]).unwrap();

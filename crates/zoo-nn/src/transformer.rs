@@ -96,6 +96,15 @@ impl TransformerLayerConfig {
         Norm::new(self.norm, self.d_model, self.layer_norm_eps, self.bias, vb)
     }
 
+    /// The optional final norm of an encoder or decoder stack.
+    fn final_norm(&self, wanted: bool, vb: VarBuilder) -> Result<Option<Norm>> {
+        if wanted {
+            self.norm(vb).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn check(&self) -> Result<()> {
         if self.nhead == 0 || !self.d_model.is_multiple_of(self.nhead) {
             candle_core::bail!(
@@ -438,11 +447,7 @@ impl TransformerEncoder {
         let layers = (0..num_layers)
             .map(|i| TransformerEncoderLayer::new(cfg, vb.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let norm = if final_norm {
-            Some(cfg.norm(vb.pp("norm"))?)
-        } else {
-            None
-        };
+        let norm = cfg.final_norm(final_norm, vb.pp("norm"))?;
         Ok(Self {
             layers,
             norm,
@@ -488,11 +493,7 @@ impl TransformerDecoder {
         let layers = (0..num_layers)
             .map(|i| TransformerDecoderLayer::new(cfg, vb.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let norm = if final_norm {
-            Some(cfg.norm(vb.pp("norm"))?)
-        } else {
-            None
-        };
+        let norm = cfg.final_norm(final_norm, vb.pp("norm"))?;
         Ok(Self {
             layers,
             norm,

@@ -39,6 +39,10 @@ struct Args {
     /// Dropout of the encoder layer (torch_transformer.py's default is 0.1).
     #[arg(long, default_value_t = 0.1)]
     dropout: f32,
+    /// Implementations to measure: zoo (our fused kernels), candle (the same models on plain
+    /// candle ops: `zoo_kernels::set_fused_kernels(false)`).
+    #[arg(long = "impl", default_value = "zoo", value_delimiter = ',')]
+    impls: Vec<String>,
     /// Encoder-layer training steps per timed repetition.
     #[arg(long, default_value_t = 5)]
     encoder_steps: usize,
@@ -63,12 +67,30 @@ fn main() -> Result<()> {
     candle_zoo::kernels::allocator::retain_freed_memory();
     let dev = Device::Cpu;
     let threads = rayon_threads();
-    if args.model.iter().any(|m| m == "encoder") {
-        encoder_step(&args, &dev, threads)?;
+    for imp in &args.impls {
+        let fused = match imp.as_str() {
+            "zoo" => true,
+            "candle" => false,
+            other => anyhow::bail!("--impl {other}: expected zoo or candle"),
+        };
+        candle_zoo::kernels::set_fused_kernels(fused);
+        if args.model.iter().any(|m| m == "encoder") {
+            encoder_step(&args, &dev, threads, imp)?;
+        }
+        if args.model.iter().any(|m| m == "cnn") {
+            cnn(&args, &dev, threads, imp)?;
+        }
     }
-    if !args.model.iter().any(|m| m == "cnn") {
-        return Ok(());
+    if args.profile {
+        candle_zoo::kernels::set_fused_kernels(true);
+        profile(&dev, args.reps.max(3))?;
     }
+    Ok(())
+}
+
+/// MnistCnn training (batch 64, Adam) and evaluation (batch 1000) throughput.
+fn cnn(args: &Args, dev: &Device, threads: usize, imp: &str) -> Result<()> {
+    let dev = dev.clone();
     let vm = VarMap::new();
     let cnn = MnistCnn::new(
         &MnistCnnConfig::default(),
@@ -106,33 +128,34 @@ fn main() -> Result<()> {
     let ms_step = train / args.steps as f64 * 1e3;
     if args.json {
         println!(
-            "{{\"impl\":\"zoo\",\"pass\":\"train\",\"batch\":64,\"img_per_s\":{train_ips:.1},\"ms_per_step\":{ms_step:.3},\"threads\":{threads}}}"
+            "{{\"impl\":\"{imp}\",\"pass\":\"train\",\"batch\":64,\"img_per_s\":{train_ips:.1},\"ms_per_step\":{ms_step:.3},\"threads\":{threads}}}"
         );
         println!(
-            "{{\"impl\":\"zoo\",\"pass\":\"eval\",\"batch\":1000,\"img_per_s\":{:.1},\"ms_per_batch\":{:.3},\"threads\":{threads}}}",
+            "{{\"impl\":\"{imp}\",\"pass\":\"eval\",\"batch\":1000,\"img_per_s\":{:.1},\"ms_per_batch\":{:.3},\"threads\":{threads}}}",
             1000.0 / eval,
             eval * 1e3
         );
     } else {
-        println!("| pass | batch | img/s | ms per step | forward ms | backward ms | optimizer ms |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| impl | pass | batch | img/s | ms per step | forward ms | backward ms | optimizer ms |");
+        println!("|---|---|---|---|---|---|---|---|");
         println!(
-            "| train | 64 | {train_ips:.0} | {ms_step:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {imp} | train | 64 | {train_ips:.0} | {ms_step:.2} | {:.2} | {:.2} | {:.2} |",
             fwd / n_steps * 1e3,
             bwd / n_steps * 1e3,
             step / n_steps * 1e3
         );
-        println!("| eval | 1000 | {:.0} | {:.2} | | | |", 1000.0 / eval, eval * 1e3);
-    }
-    if args.profile {
-        profile(&dev, args.reps.max(3))?;
+        println!(
+            "| {imp} | eval | 1000 | {:.0} | {:.2} | | | |",
+            1000.0 / eval,
+            eval * 1e3
+        );
     }
     Ok(())
 }
 
 /// One `TransformerEncoderLayer` training step (post-norm, ReLU, batch-first), as
 /// `torch_transformer.py` measures it: MSE to a random target, Adam with lr 1e-3.
-fn encoder_step(args: &Args, dev: &Device, threads: usize) -> Result<()> {
+fn encoder_step(args: &Args, dev: &Device, threads: usize, imp: &str) -> Result<()> {
     use candle_zoo::nn::{EncoderArgs, TransformerEncoderLayer, TransformerLayerConfig};
     let (bs, seq, d) = (32, 128, 256);
     let vm = VarMap::new();
@@ -166,11 +189,14 @@ fn encoder_step(args: &Args, dev: &Device, threads: usize) -> Result<()> {
     let tokens = (bs * seq) as f64 / (ms / 1e3);
     if args.json {
         println!(
-            "{{\"impl\":\"zoo\",\"pass\":\"train_step\",\"dropout\":{},\"tokens_per_s\":{tokens:.1},\"ms_per_step\":{ms:.3},\"threads\":{threads}}}",
+            "{{\"impl\":\"{imp}\",\"pass\":\"train_step\",\"dropout\":{},\"tokens_per_s\":{tokens:.1},\"ms_per_step\":{ms:.3},\"threads\":{threads}}}",
             args.dropout
         );
     } else {
-        println!("| encoder layer train step (d 256, seq 128, batch 32, dropout {}) | {tokens:.0} tokens/s | {ms:.1} ms |", args.dropout);
+        println!(
+            "| {imp} | encoder layer train step (d 256, seq 128, batch 32, dropout {}) | {tokens:.0} tokens/s | {ms:.1} ms |",
+            args.dropout
+        );
     }
     Ok(())
 }
@@ -187,6 +213,14 @@ fn rayon_threads() -> usize {
 fn profile(dev: &Device, reps: usize) -> Result<()> {
     let var =
         |shape: &[usize]| -> Result<Var> { Ok(Var::from_tensor(&Tensor::randn(0f32, 0.1, shape, dev)?)?) };
+    let zoo_conv = |cin: usize, cout: usize| -> Result<candle_zoo::nn::Conv2d> {
+        Ok(candle_zoo::nn::Conv2d::new(
+            var(&[cout, cin, 3, 3])?.as_tensor().clone(),
+            Some(var(&[cout])?.as_tensor().clone()),
+            Conv2dConfig::default(),
+        ))
+    };
+    let (z1, z2, z3) = (zoo_conv(1, 32)?, zoo_conv(32, 64)?, zoo_conv(64, 64)?);
     let conv = |cin: usize, cout: usize| -> Result<(Conv2d, Var, Var)> {
         let w = var(&[cout, cin, 3, 3])?;
         let b = var(&[cout])?;
@@ -217,6 +251,11 @@ fn profile(dev: &Device, reps: usize) -> Result<()> {
             vec![64, 1, 28, 28],
             Box::new(|x| c1.forward(x)),
         ),
+        (
+            "conv1 zoo (+ReLU fused)",
+            vec![64, 1, 28, 28],
+            Box::new(|x| z1.forward_relu(x)),
+        ),
         ("relu (64,32,26,26)", vec![64, 32, 26, 26], Box::new(|x| x.relu())),
         (
             "maxpool2 zoo (64,32,26,26)",
@@ -234,6 +273,11 @@ fn profile(dev: &Device, reps: usize) -> Result<()> {
             Box::new(|x| c2.forward(x)),
         ),
         (
+            "conv2 zoo (+ReLU fused)",
+            vec![64, 32, 13, 13],
+            Box::new(|x| z2.forward_relu(x)),
+        ),
+        (
             "maxpool2 zoo (64,64,11,11)",
             vec![64, 64, 11, 11],
             Box::new(|x| max_pool2d(x, 2)),
@@ -242,6 +286,11 @@ fn profile(dev: &Device, reps: usize) -> Result<()> {
             "conv3 64->64 3x3",
             vec![64, 64, 5, 5],
             Box::new(|x| c3.forward(x)),
+        ),
+        (
+            "conv3 zoo (+ReLU fused)",
+            vec![64, 64, 5, 5],
+            Box::new(|x| z3.forward_relu(x)),
         ),
         ("fc1 576->64", vec![64, 576], Box::new(|x| f1.forward(x))),
         ("fc2 64->10", vec![64, 64], Box::new(|x| f2.forward(x))),

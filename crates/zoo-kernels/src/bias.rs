@@ -21,8 +21,11 @@ pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
             bias.dims()
         );
     }
-    let fused =
-        x.device().is_cpu() && x.dtype() == DType::F32 && bias.dtype() == DType::F32 && x.elem_count() > 0;
+    let fused = crate::fused_kernels()
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && bias.dtype() == DType::F32
+        && x.elem_count() > 0;
     if fused {
         x.contiguous()?.apply_op2(bias, AddBias)
     } else {

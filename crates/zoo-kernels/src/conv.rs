@@ -57,7 +57,8 @@ impl Default for Conv2dOptions {
 /// on other devices and dtypes. Differentiable in all three inputs.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: &Conv2dOptions) -> Result<Tensor> {
     let g = Geometry::new(x, weight, bias, opts)?;
-    let fused = x.device().is_cpu()
+    let fused = crate::fused_kernels()
+        && x.device().is_cpu()
         && x.dtype() == DType::F32
         && weight.dtype() == DType::F32
         && bias.is_none_or(|b| b.dtype() == DType::F32);
@@ -75,7 +76,12 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: &Conv2dO
 
 /// The same convolution from candle's ops (`conv2d`, `broadcast_add`, `relu`), for any device
 /// and dtype, and as the reference the fused kernel is tested against.
-pub fn conv2d_composed(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: &Conv2dOptions) -> Result<Tensor> {
+pub fn conv2d_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &Conv2dOptions,
+) -> Result<Tensor> {
     Geometry::new(x, weight, bias, opts)?;
     let mut y = x.conv2d(weight, opts.padding, opts.stride, opts.dilation, 1)?;
     if let Some(b) = bias {
@@ -120,15 +126,27 @@ impl Geometry {
             ))
         })?;
         if wc != c {
-            candle_core::bail!("conv2d: weight {:?} expects {wc} input channels, the input {:?} has {c}", weight.dims(), x.dims());
+            candle_core::bail!(
+                "conv2d: weight {:?} expects {wc} input channels, the input {:?} has {c}",
+                weight.dims(),
+                x.dims()
+            );
         }
         if let Some(b) = bias {
             if b.dims() != [oc] {
-                candle_core::bail!("conv2d: bias must be ({oc},) for weight {:?}, got {:?}", weight.dims(), b.dims());
+                candle_core::bail!(
+                    "conv2d: bias must be ({oc},) for weight {:?}, got {:?}",
+                    weight.dims(),
+                    b.dims()
+                );
             }
         }
         if o.stride == 0 || o.dilation == 0 || kh == 0 || kw == 0 {
-            candle_core::bail!("conv2d: stride ({}), dilation ({}) and kernel size ({kh}x{kw}) must be at least 1", o.stride, o.dilation);
+            candle_core::bail!(
+                "conv2d: stride ({}), dilation ({}) and kernel size ({kh}x{kw}) must be at least 1",
+                o.stride,
+                o.dilation
+            );
         }
         let out = |len: usize, k: usize| -> Option<usize> {
             let span = o.dilation * (k - 1) + 1;
@@ -178,7 +196,11 @@ impl Geometry {
     fn valid_range(&self, t: usize, len: usize, out_len: usize) -> (usize, usize) {
         let off = t * self.dil;
         // smallest o with o·stride + off ≥ pad
-        let lo = if off >= self.pad { 0 } else { (self.pad - off).div_ceil(self.stride) };
+        let lo = if off >= self.pad {
+            0
+        } else {
+            (self.pad - off).div_ceil(self.stride)
+        };
         // largest o with o·stride + off − pad ≤ len − 1, plus one
         let hi = if len + self.pad > off {
             ((len + self.pad - off - 1) / self.stride + 1).min(out_len)
@@ -356,7 +378,10 @@ impl Conv2dOp {
             let mw = DisjointMut::new(&mut m);
             for_each_index(g.n, |i| {
                 // SAFETY: image i owns block i.
-                relu_mask(unsafe { mw.range_mut(i * oc * p, oc * p) }, &out[i * oc * p..(i + 1) * oc * p]);
+                relu_mask(
+                    unsafe { mw.range_mut(i * oc * p, oc * p) },
+                    &out[i * oc * p..(i + 1) * oc * p],
+                );
             });
             masked = m;
             &masked[..]
@@ -367,8 +392,16 @@ impl Conv2dOp {
 
         let mut dx = want_dx.then(|| vec![0f32; g.n * img_len]);
         let tasks = g.n.div_ceil(IMAGES_PER_TASK);
-        let mut dw_parts = if want_dw { vec![0f32; tasks * oc * k] } else { Vec::new() };
-        let mut db_parts = if want_db { vec![0f32; tasks * oc] } else { Vec::new() };
+        let mut dw_parts = if want_dw {
+            vec![0f32; tasks * oc * k]
+        } else {
+            Vec::new()
+        };
+        let mut db_parts = if want_db {
+            vec![0f32; tasks * oc]
+        } else {
+            Vec::new()
+        };
         {
             let dxw = dx.as_mut().map(|d| DisjointMut::new(d.as_mut_slice()));
             let dww = DisjointMut::new(&mut dw_parts);
@@ -400,9 +433,25 @@ impl Conv2dOp {
                         let dimg = unsafe { dxw.range_mut(i * img_len, img_len) };
                         // dcols (k, p) = Wᵀ (k, oc) · g_i (oc, p)
                         if g.is_pointwise() {
-                            matmul(k, p, oc, dimg, false, MatRef::transposed(wt, k), MatRef::rows(gi, p));
+                            matmul(
+                                k,
+                                p,
+                                oc,
+                                dimg,
+                                false,
+                                MatRef::transposed(wt, k),
+                                MatRef::rows(gi, p),
+                            );
                         } else {
-                            matmul(k, p, oc, &mut cols, false, MatRef::transposed(wt, k), MatRef::rows(gi, p));
+                            matmul(
+                                k,
+                                p,
+                                oc,
+                                &mut cols,
+                                false,
+                                MatRef::transposed(wt, k),
+                                MatRef::rows(gi, p),
+                            );
                             g.col2im(&cols, dimg);
                         }
                     }
@@ -437,7 +486,11 @@ impl CustomOp3 for Conv2dOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.g;
-        let out = self.forward(f32_of(s1, l1, "input")?, f32_of(s2, l2, "weight")?, f32_of(s3, l3, "bias")?);
+        let out = self.forward(
+            f32_of(s1, l1, "input")?,
+            f32_of(s2, l2, "weight")?,
+            f32_of(s3, l3, "bias")?,
+        );
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.oc, g.oh, g.ow))))
     }
 
@@ -483,7 +536,7 @@ mod tests {
 
     /// `(out, dx, dw, db)` of `relu?(conv(x, w) + b)` and the loss `Σ out · probe`, by direct
     /// loops in f64.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::needless_range_loop)]
     fn reference(
         x: &[f32],
         w: &[f32],
@@ -522,7 +575,11 @@ mod tests {
                 for y in 0..oh {
                     for xx in 0..ow {
                         let idx = ((ni * oc + o) * oh + y) * ow + xx;
-                        let gm = if g.relu && out[idx] <= 0.0 { 0.0 } else { probe[idx] as f64 };
+                        let gm = if g.relu && out[idx] <= 0.0 {
+                            0.0
+                        } else {
+                            probe[idx] as f64
+                        };
                         db[o] += gm;
                         for ci in 0..c {
                             for i in 0..kh {
@@ -549,7 +606,11 @@ mod tests {
         let got = got.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        Ok(got.iter().zip(want).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs())) / scale)
+        Ok(got
+            .iter()
+            .zip(want)
+            .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()))
+            / scale)
     }
 
     /// Random shapes, odd sizes, strides, padding, dilation, with and without ReLU and bias:
@@ -571,15 +632,34 @@ mod tests {
         ];
         for _ in 0..6 {
             let (kh, kw): (usize, usize) = (rng.random_range(1..4), rng.random_range(1..4));
-            let (stride, pad, dil): (usize, usize, usize) =
-                (rng.random_range(1..3), rng.random_range(0..3), rng.random_range(1..3));
+            let (stride, pad, dil): (usize, usize, usize) = (
+                rng.random_range(1..3),
+                rng.random_range(0..3),
+                rng.random_range(1..3),
+            );
             let h = rng.random_range((dil * (kh - 1) + 1).saturating_sub(2 * pad).max(1)..12);
             let w = rng.random_range((dil * (kw - 1) + 1).saturating_sub(2 * pad).max(1)..12);
-            cases.push((rng.random_range(1..10), rng.random_range(1..6), h, w, rng.random_range(1..7), kh, kw, stride, pad, dil));
+            cases.push((
+                rng.random_range(1..10),
+                rng.random_range(1..6),
+                h,
+                w,
+                rng.random_range(1..7),
+                kh,
+                kw,
+                stride,
+                pad,
+                dil,
+            ));
         }
         for (i, &(n, c, h, w, oc, kh, kw, stride, padding, dilation)) in cases.iter().enumerate() {
             let relu = i % 2 == 1;
-            let opts = Conv2dOptions { stride, padding, dilation, relu };
+            let opts = Conv2dOptions {
+                stride,
+                padding,
+                dilation,
+                relu,
+            };
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, h, w), &dev)?)?;
             let wt = Var::from_tensor(&Tensor::randn(0f32, 0.5, (oc, c, kh, kw), &dev)?)?;
             let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, oc, &dev)?)?;
@@ -595,7 +675,11 @@ mod tests {
                 max_rel_err(grads.get(&wt).expect("dw"), &dw)?,
                 max_rel_err(grads.get(&b).expect("db"), &db)?,
             ];
-            assert!(errs.iter().all(|&e| e < 1e-5), "case {:?}: out/dx/dw/db errors {errs:?}", cases[i]);
+            assert!(
+                errs.iter().all(|&e| e < 1e-5),
+                "case {:?}: out/dx/dw/db errors {errs:?}",
+                cases[i]
+            );
         }
         Ok(())
     }
@@ -605,7 +689,11 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (4, 3, 10, 10), &dev)?; // data: no gradient wanted
         let wt = Var::from_tensor(&Tensor::randn(0f32, 0.5, (5, 3, 3, 3), &dev)?)?;
-        let opts = Conv2dOptions { padding: 1, relu: true, ..Default::default() };
+        let opts = Conv2dOptions {
+            padding: 1,
+            relu: true,
+            ..Default::default()
+        };
         let y = conv2d(&x, &wt, None, &opts)?;
         let want = conv2d_composed(&x, &wt, None, &opts)?;
         let e = (&y - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -621,15 +709,33 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev)?;
         let bad = [
-            conv2d(&x, &Tensor::zeros((2, 4, 3, 3), DType::F32, &dev)?, None, &Default::default()),
-            conv2d(&x, &Tensor::zeros((2, 3, 5, 5), DType::F32, &dev)?, None, &Default::default()),
+            conv2d(
+                &x,
+                &Tensor::zeros((2, 4, 3, 3), DType::F32, &dev)?,
+                None,
+                &Default::default(),
+            ),
+            conv2d(
+                &x,
+                &Tensor::zeros((2, 3, 5, 5), DType::F32, &dev)?,
+                None,
+                &Default::default(),
+            ),
             conv2d(
                 &x,
                 &Tensor::zeros((2, 3, 3, 3), DType::F32, &dev)?,
                 Some(&Tensor::zeros(3, DType::F32, &dev)?),
                 &Default::default(),
             ),
-            conv2d(&x, &Tensor::zeros((2, 3, 3, 3), DType::F32, &dev)?, None, &Conv2dOptions { stride: 0, ..Default::default() }),
+            conv2d(
+                &x,
+                &Tensor::zeros((2, 3, 3, 3), DType::F32, &dev)?,
+                None,
+                &Conv2dOptions {
+                    stride: 0,
+                    ..Default::default()
+                },
+            ),
         ];
         for r in bad {
             let msg = r.expect_err("must fail").to_string();

@@ -15,12 +15,20 @@ pub(crate) struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A row-major `(rows, cols)` matrix.
     pub fn rows(data: &'a [f32], cols: usize) -> Self {
-        Self { data, rs: cols, cs: 1 }
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
     }
 
     /// The transpose of a row-major matrix with `cols` columns, without copying.
     pub fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Self { data, rs: 1, cs: cols }
+        Self {
+            data,
+            rs: 1,
+            cs: cols,
+        }
     }
 
     /// Whether every element of an `r × c` view lies inside `data`.
@@ -33,7 +41,15 @@ impl<'a> MatRef<'a> {
 ///
 /// Panics if a view reaches past its slice: callers derive every size from validated shapes,
 /// so a panic here is a bug in the kernel, never a user error.
-pub(crate) fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: MatRef, rhs: MatRef) {
+pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: MatRef,
+    rhs: MatRef,
+) {
     assert!(
         dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n),
         "zoo-kernels gemm: a view reaches outside its buffer ({m}x{n}x{k})"
@@ -84,7 +100,15 @@ mod tests {
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let bt: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect(); // (n, k)
         let mut got = vec![1.0f32; m * n];
-        matmul(m, n, k, &mut got, true, MatRef::rows(&a, k), MatRef::transposed(&bt, k));
+        matmul(
+            m,
+            n,
+            k,
+            &mut got,
+            true,
+            MatRef::rows(&a, k),
+            MatRef::transposed(&bt, k),
+        );
         for i in 0..m {
             for j in 0..n {
                 let want: f32 = 1.0 + (0..k).map(|p| a[i * k + p] * bt[j * k + p]).sum::<f32>();

@@ -32,6 +32,9 @@ mod host;
 pub mod norm;
 mod parallel;
 pub mod pool;
+pub mod switch;
+
+pub use switch::{fused_kernels, set_fused_kernels};
 
 pub use attention::{
     flash_attention, flash_attention_with_backend, reference_attention, AttentionBackend, AttentionMask,

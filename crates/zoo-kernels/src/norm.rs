@@ -78,7 +78,7 @@ fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<()> {
 
 fn fused_ok(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    f32_cpu(x) && f32_cpu(weight) && bias.is_none_or(f32_cpu) && x.elem_count() > 0
+    crate::fused_kernels() && f32_cpu(x) && f32_cpu(weight) && bias.is_none_or(f32_cpu) && x.elem_count() > 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,7 @@ pub fn max_pool2d(xs: &Tensor, k: usize) -> Result<Tensor> {
     if k == 0 || h < k || w < k {
         candle_core::bail!("max_pool2d: a {k}x{k} window does not fit a {h}x{w} input");
     }
-    match (xs.device().is_cpu(), xs.dtype()) {
+    match (xs.device().is_cpu() && crate::fused_kernels(), xs.dtype()) {
         (true, DType::F32 | DType::F64) => xs.contiguous()?.apply_op1(MaxPool2d { k }),
         _ => max_pool2d_composed(xs, k),
     }
@@ -102,6 +102,71 @@ fn pool_fwd<T: WithDType + PartialOrd>(
     out
 }
 
+/// Index (0..4) of the first maximum of a 2×2 window `[a, b, c, d]` in row-major order, NaN
+/// counting as the largest value (as PyTorch propagates it).
+///
+/// Written as selects, not branches: on real activations which of the four wins is random, and
+/// a mispredicted branch per window made the branchy version 4× slower. The NaN test is a branch
+/// that is always predicted (activations are not NaN).
+#[inline(always)]
+fn argmax4(v: [f32; 4]) -> usize {
+    if v.iter().any(|x| x.is_nan()) {
+        return v.iter().position(|x| x.is_nan()).unwrap_or(0);
+    }
+    let (mut best, mut bv) = (0, v[0]);
+    for (i, &x) in v.iter().enumerate().skip(1) {
+        let take = x > bv;
+        best = if take { i } else { best };
+        bv = if take { x } else { bv };
+    }
+    best
+}
+
+/// The largest of four values, NaN if any is NaN (PyTorch's max pooling propagates NaN).
+#[inline(always)]
+fn max4(a: f32, b: f32, c: f32, d: f32) -> f32 {
+    let m = if b > a { b } else { a };
+    let m = if c > m { c } else { m };
+    let m = if d > m { d } else { m };
+    if a.is_nan() | b.is_nan() | c.is_nan() | d.is_nan() {
+        f32::NAN
+    } else {
+        m
+    }
+}
+
+multiversion! {
+    /// 2×2 max pooling of one `(h, w)` f32 plane into `(h / 2, w / 2)`: the hot case (every
+    /// pooling of the MNIST CNN), without the generic loop's index arithmetic.
+    fn pool2_fwd_plane(plane: &[f32], out: &mut [f32], h: usize, w: usize) {
+        let ow = w / 2;
+        for (i, o) in out.chunks_exact_mut(ow.max(1)).enumerate().take(h / 2) {
+            let r0 = &plane[2 * i * w..2 * i * w + 2 * ow];
+            let r1 = &plane[(2 * i + 1) * w..(2 * i + 1) * w + 2 * ow];
+            for ((o, a), b) in o.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                *o = max4(a[0], a[1], b[0], b[1]);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The gradient of [`pool2_fwd_plane`]: each output's gradient goes to its window's first
+    /// maximum, every other input pixel (including a dropped odd row/column) gets zero.
+    fn pool2_bwd_plane(plane: &[f32], go: &[f32], gi: &mut [f32], h: usize, w: usize) {
+        let ow = w / 2;
+        gi.fill(0.0);
+        for (i, g) in go.chunks_exact(ow.max(1)).enumerate().take(h / 2) {
+            for (j, &gv) in g.iter().enumerate() {
+                let (t0, t1) = (2 * i * w + 2 * j, (2 * i + 1) * w + 2 * j);
+                let v = [plane[t0], plane[t0 + 1], plane[t1], plane[t1 + 1]];
+                let at = [t0, t0 + 1, t1, t1 + 1][argmax4(v)];
+                gi[at] = gv;
+            }
+        }
+    }
+}
+
 impl CustomOp1 for MaxPool2d {
     fn name(&self) -> &'static str {
         "zoo-max-pool2d"
@@ -111,6 +176,15 @@ impl CustomOp1 for MaxPool2d {
         let dims = layout.shape().dims4()?;
         let (b, c, h, w) = dims;
         let shape = Shape::from((b, c, h / self.k, w / self.k));
+        if let (CpuStorage::F32(v), 2) = (storage, self.k) {
+            let x = contiguous(v, layout, self.name())?;
+            let (oh, ow) = (h / 2, w / 2);
+            let mut out = vec![0f32; b * c * oh * ow];
+            for_each_chunk_mut(&mut out, oh * ow, |p, o| {
+                pool2_fwd_plane(&x[p * h * w..(p + 1) * h * w], o, h, w)
+            });
+            return Ok((CpuStorage::F32(out), shape));
+        }
         let out = float_dispatch!(storage, self.name(), |v| {
             pool_fwd(contiguous(v, layout, self.name())?, dims, self.k).to_cpu_storage()
         });
@@ -171,6 +245,16 @@ impl CustomOp2 for MaxPool2dBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims4()?;
         let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) if self.k == 2 => {
+                let (x, g) = (contiguous(x, l1, self.name())?, contiguous(g, l2, self.name())?);
+                let (b, c, h, w) = dims;
+                let mut out = vec![0f32; b * c * h * w];
+                let og = (h / 2) * (w / 2);
+                for_each_chunk_mut(&mut out, h * w, |p, gi| {
+                    pool2_bwd_plane(&x[p * h * w..(p + 1) * h * w], &g[p * og..(p + 1) * og], gi, h, w)
+                });
+                CpuStorage::F32(out)
+            }
             (CpuStorage::F32(x), CpuStorage::F32(g)) => pool_bwd(
                 contiguous(x, l1, self.name())?,
                 contiguous(g, l2, self.name())?,
@@ -240,12 +324,23 @@ mod tests {
             (2, 3, 2),
             (4, 4, 1),
         ] {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (1, 1, h, w), &dev)?)?;
+            // Two images × three channels: six planes, each checked against the definition.
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, h, w), &dev)?)?;
             let (oh, ow) = (h / k, w / k);
-            let r = Tensor::randn(0f32, 1., (1, 1, oh, ow), &dev)?;
+            let r = Tensor::randn(0f32, 1., (2, 3, oh, ow), &dev)?;
             let xv = x.flatten_all()?.to_vec1::<f32>()?;
             let rv = r.flatten_all()?.to_vec1::<f32>()?;
-            let want = expected_grad(&xv, &rv, h, w, k);
+            let want: Vec<f32> = (0..6)
+                .flat_map(|p| {
+                    expected_grad(
+                        &xv[p * h * w..(p + 1) * h * w],
+                        &rv[p * oh * ow..(p + 1) * oh * ow],
+                        h,
+                        w,
+                        k,
+                    )
+                })
+                .collect();
             for composed in [false, true] {
                 let y = if composed {
                     max_pool2d_composed(&x, k)?
@@ -266,6 +361,25 @@ mod tests {
                 assert_eq!(got, want, "{h}x{w} k={k} composed={composed}");
             }
         }
+        Ok(())
+    }
+
+    /// NaN propagates and receives the gradient (PyTorch's rule); infinities of both signs in one
+    /// window are ordinary values.
+    #[test]
+    fn nan_and_infinities_in_a_window() -> Result<()> {
+        let (inf, nan) = (f32::INFINITY, f32::NAN);
+        let x = Var::from_tensor(&Tensor::from_vec(
+            vec![1.0, nan, inf, -inf, 2.0, 3.0, 0.0, -1.0],
+            (1, 1, 2, 4),
+            &Device::Cpu,
+        )?)?;
+        let y = max_pool2d(&x, 2)?;
+        let v = y.flatten_all()?.to_vec1::<f32>()?;
+        assert!(v[0].is_nan() && v[1] == inf, "{v:?}");
+        let g = y.sum_all()?.backward()?;
+        let gv = g.get(&x).expect("grad").flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(gv, vec![0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         Ok(())
     }
 

@@ -6,10 +6,11 @@
 //! `(seed, variable name)`: the same seed gives the same model on every device and in any
 //! construction order, and resuming or comparing runs becomes exact.
 
+use crate::conv::Conv2d;
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::init::{Init, NormalOrUniform};
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_distr::Distribution;
 

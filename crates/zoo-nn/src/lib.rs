@@ -21,6 +21,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod conv;
 pub mod feed_forward;
 pub mod init;
 pub mod linear;
@@ -31,6 +32,7 @@ pub mod transformer;
 
 pub use activation::Activation;
 pub use attention::{KvCache, MhaArgs, MhaOutput, MultiHeadAttention, MultiHeadAttentionConfig};
+pub use conv::Conv2d;
 pub use feed_forward::{FeedForward, FeedForwardConfig};
 pub use linear::Linear;
 pub use norm::{LayerNorm, Norm, NormKind, RmsNorm};

@@ -100,6 +100,11 @@ pub fn flash_attention_with_backend(
 
 /// The backend [`flash_attention`] uses for inputs like `q` with sizes `dims`.
 fn select_backend(q: &Tensor, dims: &Dims) -> AttentionBackend {
+    if !crate::fused_kernels() {
+        return AttentionBackend::Reference(
+            "fused kernels switched off (zoo_kernels::set_fused_kernels / CANDLE_ZOO_KERNELS=candle)".into(),
+        );
+    }
     if dims.d > MAX_FUSED_HEAD_DIM {
         return AttentionBackend::Reference(format!(
             "head_dim {} is above {MAX_FUSED_HEAD_DIM}, the largest the fused kernels serve",

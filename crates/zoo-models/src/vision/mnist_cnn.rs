@@ -2,10 +2,11 @@
 //! TensorFlow tutorial this zoo started from.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use zoo_kernels::pool::max_pool2d;
 use zoo_nn::init::{conv2d_glorot, linear_glorot};
+use zoo_nn::Conv2d;
 
 /// Sizes of [`MnistCnn`]; the defaults are the seed's network (93,322 parameters).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,9 +96,10 @@ impl MnistCnn {
     /// head is trained on when fine-tuning.
     pub fn features(&self, xs: &Tensor) -> Result<Tensor> {
         // zoo's max pool: candle 0.11.1's max_pool2d backward is wrong (see zoo_kernels::pool).
-        let xs = max_pool2d(&self.conv1.forward(xs)?.relu()?, 2)?;
-        let xs = max_pool2d(&self.conv2.forward(&xs)?.relu()?, 2)?;
-        let xs = self.conv3.forward(&xs)?.relu()?.flatten_from(1)?;
+        // Convolution, bias and ReLU run as one fused op (zoo_nn::Conv2d::forward_relu).
+        let xs = max_pool2d(&self.conv1.forward_relu(xs)?, 2)?;
+        let xs = max_pool2d(&self.conv2.forward_relu(&xs)?, 2)?;
+        let xs = self.conv3.forward_relu(&xs)?.flatten_from(1)?;
         self.fc1.forward(&xs)?.relu()
     }
 }

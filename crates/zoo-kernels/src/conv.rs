@@ -212,29 +212,41 @@ impl Geometry {
 
     /// Fills `cols (k, p)` from one image `(c, h, w)`, zeros where a tap falls in the padding.
     fn im2col(&self, img: &[f32], cols: &mut [f32]) {
-        let (p, ow) = (self.p(), self.ow);
-        for ci in 0..self.c {
-            let plane = &img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
-            for ki in 0..self.kh {
-                let (ylo, yhi) = self.valid_range(ki, self.h, self.oh);
-                for kj in 0..self.kw {
-                    let row = &mut cols[((ci * self.kh + ki) * self.kw + kj) * p..][..p];
-                    let (xlo, xhi) = self.valid_range(kj, self.w, self.ow);
+        im2col_impl(self, img, cols)
+    }
+
+    /// Adds `cols (k, p)` back into one image gradient `(c, h, w)`: the transpose of `im2col`.
+    fn col2im(&self, cols: &[f32], img: &mut [f32]) {
+        col2im_impl(self, cols, img)
+    }
+}
+
+multiversion! {
+    /// [`Geometry::im2col`], compiled per x86 feature level (its row copies are short).
+    fn im2col_impl(geo: &Geometry, img: &[f32], cols: &mut [f32]) {
+        let (p, ow) = (geo.p(), geo.ow);
+        for ci in 0..geo.c {
+            let plane = &img[ci * geo.h * geo.w..(ci + 1) * geo.h * geo.w];
+            for ki in 0..geo.kh {
+                let (ylo, yhi) = geo.valid_range(ki, geo.h, geo.oh);
+                for kj in 0..geo.kw {
+                    let row = &mut cols[((ci * geo.kh + ki) * geo.kw + kj) * p..][..p];
+                    let (xlo, xhi) = geo.valid_range(kj, geo.w, geo.ow);
                     row[..ylo * ow].fill(0.0);
                     row[yhi * ow..].fill(0.0);
                     for oy in ylo..yhi {
-                        let iy = oy * self.stride + ki * self.dil - self.pad;
+                        let iy = oy * geo.stride + ki * geo.dil - geo.pad;
                         let dst = &mut row[oy * ow..(oy + 1) * ow];
                         dst[..xlo].fill(0.0);
                         dst[xhi..].fill(0.0);
-                        let src = &plane[iy * self.w..(iy + 1) * self.w];
-                        let x0 = kj * self.dil;
-                        if self.stride == 1 {
-                            let a = xlo + x0 - self.pad;
+                        let src = &plane[iy * geo.w..(iy + 1) * geo.w];
+                        let x0 = kj * geo.dil;
+                        if geo.stride == 1 {
+                            let a = xlo + x0 - geo.pad;
                             dst[xlo..xhi].copy_from_slice(&src[a..a + (xhi - xlo)]);
                         } else {
                             for (ox, d) in dst.iter_mut().enumerate().take(xhi).skip(xlo) {
-                                *d = src[ox * self.stride + x0 - self.pad];
+                                *d = src[ox * geo.stride + x0 - geo.pad];
                             }
                         }
                     }
@@ -242,28 +254,32 @@ impl Geometry {
             }
         }
     }
+}
 
-    /// Adds `cols (k, p)` back into one image gradient `(c, h, w)`: the transpose of `im2col`.
-    fn col2im(&self, cols: &[f32], img: &mut [f32]) {
-        let (p, ow) = (self.p(), self.ow);
-        for ci in 0..self.c {
-            let plane = &mut img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
-            for ki in 0..self.kh {
-                let (ylo, yhi) = self.valid_range(ki, self.h, self.oh);
-                for kj in 0..self.kw {
-                    let row = &cols[((ci * self.kh + ki) * self.kw + kj) * p..][..p];
-                    let (xlo, xhi) = self.valid_range(kj, self.w, self.ow);
-                    let x0 = kj * self.dil;
+multiversion! {
+    /// [`Geometry::col2im`], compiled per x86 feature level.
+    fn col2im_impl(geo: &Geometry, cols: &[f32], img: &mut [f32]) {
+        let (p, ow) = (geo.p(), geo.ow);
+        for ci in 0..geo.c {
+            let plane = &mut img[ci * geo.h * geo.w..(ci + 1) * geo.h * geo.w];
+            for ki in 0..geo.kh {
+                let (ylo, yhi) = geo.valid_range(ki, geo.h, geo.oh);
+                for kj in 0..geo.kw {
+                    let row = &cols[((ci * geo.kh + ki) * geo.kw + kj) * p..][..p];
+                    let (xlo, xhi) = geo.valid_range(kj, geo.w, geo.ow);
+                    let x0 = kj * geo.dil;
                     for oy in ylo..yhi {
-                        let iy = oy * self.stride + ki * self.dil - self.pad;
-                        let dst = &mut plane[iy * self.w..(iy + 1) * self.w];
+                        let iy = oy * geo.stride + ki * geo.dil - geo.pad;
+                        let dst = &mut plane[iy * geo.w..(iy + 1) * geo.w];
                         let src = &row[oy * ow..(oy + 1) * ow];
-                        if self.stride == 1 {
-                            let a = xlo + x0 - self.pad;
-                            add_into(&mut dst[a..a + (xhi - xlo)], &src[xlo..xhi]);
+                        if geo.stride == 1 {
+                            let a = xlo + x0 - geo.pad;
+                            for (d, &s) in dst[a..a + (xhi - xlo)].iter_mut().zip(&src[xlo..xhi]) {
+                                *d += s;
+                            }
                         } else {
                             for (ox, &s) in src.iter().enumerate().take(xhi).skip(xlo) {
-                                dst[ox * self.stride + x0 - self.pad] += s;
+                                dst[ox * geo.stride + x0 - geo.pad] += s;
                             }
                         }
                     }
@@ -297,12 +313,10 @@ multiversion! {
 }
 
 multiversion! {
-    /// `g[i] = 0` wherever `out[i] <= 0`: ReLU's backward, read from its output.
-    fn relu_mask(g: &mut [f32], out: &[f32]) {
-        for (g, &o) in g.iter_mut().zip(out) {
-            if o <= 0.0 {
-                *g = 0.0;
-            }
+    /// `dst[i] = g[i]` where `out[i] > 0`, else 0: ReLU's backward, read from its output.
+    fn relu_mask(dst: &mut [f32], g: &[f32], out: &[f32]) {
+        for ((d, &g), &o) in dst.iter_mut().zip(g).zip(out) {
+            *d = if o > 0.0 { g } else { 0.0 };
         }
     }
 }
@@ -374,13 +388,15 @@ impl Conv2dOp {
         // The gradient with ReLU's mask applied.
         let masked;
         let grad = if g.relu {
-            let mut m = grad.to_vec();
+            let mut m = vec![0f32; grad.len()];
             let mw = DisjointMut::new(&mut m);
             for_each_index(g.n, |i| {
+                let r = i * oc * p..(i + 1) * oc * p;
                 // SAFETY: image i owns block i.
                 relu_mask(
-                    unsafe { mw.range_mut(i * oc * p, oc * p) },
-                    &out[i * oc * p..(i + 1) * oc * p],
+                    unsafe { mw.range_mut(r.start, oc * p) },
+                    &grad[r.clone()],
+                    &out[r],
                 );
             });
             masked = m;

@@ -63,7 +63,7 @@ multiversion! {
 }
 
 /// Column sums of a `(rows, c)` gradient.
-fn column_sums(g: &[f32], c: usize) -> Vec<f32> {
+pub(crate) fn column_sums(g: &[f32], c: usize) -> Vec<f32> {
     let rows = g.len() / c;
     let tasks = rows.div_ceil(ROWS_PER_TASK);
     let mut partial = vec![0f32; tasks * c];

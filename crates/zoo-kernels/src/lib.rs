@@ -8,6 +8,8 @@
 //!   reduction made bias gradients 15% of a Transformer layer's training step).
 //! - [`conv::conv2d`]: NCHW convolution with bias and fused ReLU whose backward is two matrix
 //!   products per image (candle's took half of the MNIST CNN's training step).
+//! - [`linear::linear`]: `act(x Wᵀ + b)` as one autograd node (candle's composition is five, and
+//!   each costs a zeros tensor and an add in the backward pass).
 //! - [`norm::layer_norm`], [`norm::rms_norm`]: fused CPU normalization with a backward pass
 //!   (candle-nn's fused ones have none).
 //! - [`pool::max_pool2d`]: max pooling whose backward is correct (candle 0.11.1's scales the
@@ -29,6 +31,7 @@ pub mod bias;
 pub mod conv;
 mod gemm;
 mod host;
+pub mod linear;
 pub mod norm;
 mod parallel;
 pub mod pool;

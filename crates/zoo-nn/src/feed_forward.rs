@@ -73,6 +73,8 @@ impl FeedForward {
     /// `x (…, d_model) → (…, d_model)`; dropout only when `train`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = match &self.gate {
+            // ReLU runs inside the fused linear op (one autograd node instead of two).
+            None if self.activation == Activation::Relu => self.linear1.forward_relu(x)?,
             None => self.activation.forward(&self.linear1.forward(x)?)?,
             Some(g) => (self.activation.forward(&g.forward(x)?)? * self.linear1.forward(x)?)?,
         };

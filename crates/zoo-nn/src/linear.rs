@@ -3,11 +3,11 @@
 //! candle-nn's `Linear` multiplies a `(batch, seq, in)` input by a weight broadcast to
 //! `(batch, out, in)`, so the weight gradient arrives per batch row and is summed by candle's
 //! strided reduction, as is the bias gradient of `broadcast_add`. This layer folds the leading
-//! dimensions into rows — one 2-D matmul, whose weight gradient is one 2-D matmul — and adds the
-//! bias with [`zoo_kernels::bias::add_bias`]. Same names (`weight (out, in)`, `bias (out)`) and
-//! values as candle-nn's and PyTorch's.
+//! dimensions into rows and runs [`zoo_kernels::linear::linear`]: on the CPU one autograd node
+//! whose backward is two matrix products and a column sum (optionally with ReLU fused). Same
+//! names (`weight (out, in)`, `bias (out)`) and values as candle-nn's and PyTorch's.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 
 /// `y = x Wᵀ + b` over the last dimension.
 #[derive(Debug, Clone)]
@@ -34,27 +34,16 @@ impl Linear {
 }
 
 /// `x (…, in) · wᵀ (+ b)` with `w (out, in)`: leading dimensions folded into one matmul.
+/// Shapes are checked there: a mismatch names the input's and the weight's sizes.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims();
-    let in_dim = x.dim(D::Minus1)?;
-    let (out_dim, w_in) = w.dims2()?;
-    if w_in != in_dim {
-        candle_core::bail!(
-            "linear: input {dims:?} has {in_dim} features, the weight {:?} expects {w_in}",
-            w.dims()
-        );
+    zoo_kernels::linear::linear(x, w, b, false)
+}
+
+impl Linear {
+    /// `relu(x Wᵀ + b)`; on the CPU one fused op whose backward applies ReLU's mask itself.
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        zoo_kernels::linear::linear(x, &self.weight, self.bias.as_ref(), true)
     }
-    let rows = x.elem_count() / in_dim.max(1);
-    let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
-    let y = match b {
-        Some(b) => zoo_kernels::bias::add_bias(&y, b)?,
-        None => y,
-    };
-    let mut out_dims = dims.to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = out_dim;
-    }
-    y.reshape(out_dims)
 }
 
 impl Module for Linear {

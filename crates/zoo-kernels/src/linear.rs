@@ -15,10 +15,15 @@ use crate::host::f32_slice;
 use crate::parallel::{for_each_index, DisjointMut};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
 
-/// Rows of `x` per parallel task of the forward pass and of `dx`.
+/// Rows per parallel task of the elementwise passes (the ReLU mask).
 const ROWS_PER_TASK: usize = 128;
-/// Rows of `dW` per parallel task.
-const WEIGHT_ROWS_PER_TASK: usize = 32;
+
+/// Splits `n` rows into one block per thread (at least `min` rows each): every matrix product
+/// packs its right-hand operand once per call, so a few large calls beat many small ones (with
+/// 128-row tasks, repacking the weight cost a quarter of the layer's time).
+fn blocks(n: usize, min: usize) -> usize {
+    n.div_ceil(n.div_ceil(crate::parallel::threads()).max(min))
+}
 
 /// `x (…, in) · weightᵀ + bias`, ReLU-ed when `relu`; `weight (out, in)`, `bias (out,)`;
 /// output `(…, out)`. Differentiable in all three.
@@ -123,9 +128,10 @@ fn forward(x: &[f32], w: &[f32], b: &[f32], relu: bool) -> Vec<f32> {
     let rows = x.len() / inp;
     let mut y = vec![0f32; rows * out];
     let yw = DisjointMut::new(&mut y);
-    for_each_index(rows.div_ceil(ROWS_PER_TASK), |t| {
-        let r0 = t * ROWS_PER_TASK;
-        let r = ROWS_PER_TASK.min(rows - r0);
+    let per = rows.div_ceil(blocks(rows, 16));
+    for_each_index(rows.div_ceil(per), |t| {
+        let r0 = t * per;
+        let r = per.min(rows - r0);
         // SAFETY: task t owns rows r0..r0 + r.
         let dst = unsafe { yw.range_mut(r0 * out, r * out) };
         fill_rows(dst, b);
@@ -181,9 +187,10 @@ fn backward(
     let dx = want_dx.then(|| {
         let mut dx = vec![0f32; rows * inp];
         let dw = DisjointMut::new(&mut dx);
-        for_each_index(rows.div_ceil(ROWS_PER_TASK), |t| {
-            let r0 = t * ROWS_PER_TASK;
-            let r = ROWS_PER_TASK.min(rows - r0);
+        let per = rows.div_ceil(blocks(rows, 16));
+        for_each_index(rows.div_ceil(per), |t| {
+            let r0 = t * per;
+            let r = per.min(rows - r0);
             // SAFETY: task t owns rows r0..r0 + r of dx.
             let dst = unsafe { dw.range_mut(r0 * inp, r * inp) };
             // dx (r, in) = g (r, out) · W (out, in)
@@ -202,9 +209,10 @@ fn backward(
     let dweight = want_dw.then(|| {
         let mut dwt = vec![0f32; out * inp];
         let ww = DisjointMut::new(&mut dwt);
-        for_each_index(out.div_ceil(WEIGHT_ROWS_PER_TASK), |t| {
-            let o0 = t * WEIGHT_ROWS_PER_TASK;
-            let o = WEIGHT_ROWS_PER_TASK.min(out - o0);
+        let per = out.div_ceil(blocks(out, 16));
+        for_each_index(out.div_ceil(per), |t| {
+            let o0 = t * per;
+            let o = per.min(out - o0);
             // SAFETY: task t owns rows o0..o0 + o of dW.
             let dst = unsafe { ww.range_mut(o0 * inp, o * inp) };
             // dW[o0..] (o, in) = g[:, o0..]ᵀ (o, rows) · x (rows, in)

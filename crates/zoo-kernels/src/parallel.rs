@@ -51,6 +51,11 @@ pub(crate) fn for_each_index(n: usize, f: impl Fn(usize) + Sync) {
     }
 }
 
+/// Threads that run a `for_each_index` loop: candle's pool workers plus the caller.
+pub(crate) fn threads() -> usize {
+    candle_core::utils::barrier_pool().n_workers() + 1
+}
+
 /// Runs `f(i, chunk_i)` for the consecutive `chunk`-element chunks of `data` (the last may be
 /// shorter) on candle's CPU worker pool: the pool's counterpart of rayon's `par_chunks_mut`.
 pub(crate) fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {

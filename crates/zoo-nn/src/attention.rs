@@ -261,8 +261,8 @@ impl MultiHeadAttention {
 
     /// `(batch, len, heads·head_dim)` → `(batch, heads, len, head_dim)`.
     fn split_heads(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
-        x.reshape((b, l, heads, self.head_dim))?.transpose(1, 2)
+        // One autograd node (candle's reshape + transpose + copy would be three).
+        zoo_kernels::heads::split_heads(x, heads)
     }
 
     /// Attention of `query (batch, tgt, E)` over `key (batch, src, kdim)` and
@@ -364,9 +364,7 @@ impl MultiHeadAttention {
 
     /// `(batch, heads, tgt, head_dim)` context → output projection, `(batch, tgt, E)`.
     fn finish(&self, ctx: &Tensor) -> Result<Tensor> {
-        let (b, _, tgt, _) = ctx.dims4()?;
-        let ctx = ctx.transpose(1, 2)?.reshape((b, tgt, self.cfg.embed_dim))?;
-        self.out_proj.forward(&ctx)
+        self.out_proj.forward(&zoo_kernels::heads::merge_heads(ctx)?)
     }
 
     /// Attention of projected `q (batch, heads, tgt, hd)` over `k`, `v` `(batch, kv_heads,

@@ -42,6 +42,6 @@ pub mod switch;
 pub use switch::{fused_kernels, set_fused_kernels};
 
 pub use attention::{
-    flash_attention, flash_attention_with_backend, reference_attention, AttentionBackend, AttentionMask,
-    AttentionOptions,
+    flash_attention, flash_attention_with_backend, reference_attention, AttentionBackend, AttentionDropout,
+    AttentionMask, AttentionOptions,
 };

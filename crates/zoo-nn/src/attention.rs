@@ -14,8 +14,8 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use zoo_kernels::attention::{
-    attention_probs, flash_attention_with_backend, repeat_kv, AttentionBackend, AttentionMask,
-    AttentionOptions,
+    attention_probs, flash_attention_with_backend, repeat_kv, AttentionBackend, AttentionDropout,
+    AttentionMask, AttentionOptions,
 };
 
 /// Sizes and options of [`MultiHeadAttention`]; field names and defaults follow PyTorch.
@@ -379,18 +379,14 @@ impl MultiHeadAttention {
         let (b, _, tgt, _) = q.dims4()?;
         let src = k.dim(2)?;
         let mask = self.combined_mask(args, b, tgt, src, q.dtype())?;
-        let opts = AttentionOptions {
+        let mut opts = AttentionOptions {
             causal: args.is_causal,
             mask,
             ..Default::default()
         };
         let dropout = if args.train { self.cfg.dropout } else { 0.0 };
-        if args.need_weights || dropout > 0.0 {
-            let why = if dropout > 0.0 {
-                "attention dropout while training"
-            } else {
-                "need_weights"
-            };
+        if args.need_weights {
+            let why = "need_weights";
             let (ctx, probs) = explicit_attention(q, k, v, &opts, dropout)?;
             let weights = if args.need_weights {
                 Some(if args.average_attn_weights {
@@ -403,6 +399,8 @@ impl MultiHeadAttention {
             };
             Ok((ctx, weights, AttentionBackend::Reference(why.into())))
         } else {
+            // Dropout on the probabilities runs inside the fused kernel (a fresh mask per call).
+            opts.dropout = (dropout > 0.0).then(|| AttentionDropout::new(dropout));
             let (ctx, backend) = flash_attention_with_backend(q, k, v, &opts)?;
             Ok((ctx, None, backend))
         }

@@ -14,6 +14,7 @@
 //! them are compiled for AVX-512, AVX2+FMA and the baseline and chosen at run time (a portable
 //! build would otherwise leave them at SSE2).
 
+use super::dropout::DropoutParams;
 use super::microkernel::{nn, tn};
 use crate::parallel::{for_each_index, DisjointMut};
 
@@ -55,6 +56,8 @@ pub(crate) struct Params<'a> {
     pub causal: bool,
     pub kv_len: Option<&'a [usize]>,
     pub mask: Option<MaskRef<'a>>,
+    /// Dropout on the probabilities (see `dropout.rs`).
+    pub dropout: Option<DropoutParams>,
 }
 
 impl Params<'_> {
@@ -190,6 +193,31 @@ fn probs_chunk(
     }
 }
 
+/// Multiplies the transposed probabilities `st (bk × rp)` of rows `row0..row0 + rb` and keys
+/// `j0..j0 + bk` by the dropout mask; `keys` is scratch for the per-row hash keys.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn drop_block(
+    st: &mut [f32],
+    rp: usize,
+    rb: usize,
+    bk: usize,
+    j0: usize,
+    row0: usize,
+    dp: &DropoutParams,
+    keys: &mut [u32],
+) {
+    for (r, key) in keys[..rb].iter_mut().enumerate() {
+        *key = dp.row_key(row0 + r);
+    }
+    for c in 0..bk {
+        let row = &mut st[c * rp..c * rp + rb];
+        for (x, &key) in row.iter_mut().zip(&keys[..rb]) {
+            *x *= dp.factor(key, j0 + c);
+        }
+    }
+}
+
 /// A zero-filled buffer whose pages are first touched by a write. `vec![0.0; n]` becomes
 /// `calloc`, whose large blocks start as copy-on-write zero pages: the kernels read them
 /// before writing (they accumulate), so each page would fault twice and the copy-on-write
@@ -300,6 +328,7 @@ multiversion! {
         let mut l = vec![0f32; rp];
         let mut alpha = vec![0f32; rp];
         let mut st = vec![0f32; BLOCK_K * rp];
+        let mut row_keys = vec![0u32; rp];
         o_blk.fill(0.0);
         for j0 in (0..max_hi).step_by(BLOCK_K) {
             let bk = BLOCK_K.min(max_hi - j0);
@@ -325,6 +354,11 @@ multiversion! {
                         *x *= alpha[r];
                     }
                 }
+            }
+            if let Some(dp) = &p.dropout {
+                // The row sums `l` above are of the undropped P; only P·V sees the mask.
+                let row0 = (bi * h + kvh * g) * nq + r0;
+                drop_block(&mut st, rp, rb, bk, j0, row0, dp, &mut row_keys);
             }
             // O += P V with P = (Sᵀ)ᵀ
             tn((rb, d, bk), &st, rp, &v_all[j0 * d..], d, o_blk, d, true);
@@ -436,6 +470,7 @@ multiversion! {
         let mut hi = vec![0u32; rp_max];
         let mut lse_b = vec![0f32; rp_max];
         let mut delta_b = vec![0f32; rp_max];
+        let mut row_keys = vec![0u32; rp_max];
         for r0 in (0..rows).step_by(BLOCK_Q) {
             let rb = BLOCK_Q.min(rows - r0);
             let rp = rb.div_ceil(16) * 16;
@@ -469,10 +504,30 @@ multiversion! {
                 }
                 // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ − delta) · scale (the gradient of Q Kᵀ)
                 nn((bk, rp, d), v_blk, d, &dot, rp, &mut dpt, rp, false);
-                for c in 0..bk {
-                    let (pr, dr) = (&st[c * rp..(c + 1) * rp], &mut dpt[c * rp..(c + 1) * rp]);
-                    for ((x, &pv), &dl) in dr.iter_mut().zip(pr).zip(&delta_b[..rp]) {
-                        *x = pv * (*x - dl) * p.scale;
+                match &p.dropout {
+                    None => {
+                        for c in 0..bk {
+                            let (pr, dr) = (&st[c * rp..(c + 1) * rp], &mut dpt[c * rp..(c + 1) * rp]);
+                            for ((x, &pv), &dl) in dr.iter_mut().zip(pr).zip(&delta_b[..rp]) {
+                                *x = pv * (*x - dl) * p.scale;
+                            }
+                        }
+                    }
+                    Some(dp) => {
+                        // With mask M: dP = (V dOᵀ)∘M, dS = P∘(dP − δ); dV then needs P∘M.
+                        for (r, key) in row_keys[..rb].iter_mut().enumerate() {
+                            *key = dp.row_key(row_base + r0 + r);
+                        }
+                        for c in 0..bk {
+                            let (pr, dr) = (&mut st[c * rp..c * rp + rb], &mut dpt[c * rp..c * rp + rb]);
+                            for (((x, pv), &dl), &key) in
+                                dr.iter_mut().zip(pr.iter_mut()).zip(&delta_b[..rb]).zip(&row_keys[..rb])
+                            {
+                                let m = dp.factor(key, j0 + c);
+                                *x = *pv * (*x * m - dl) * p.scale;
+                                *pv *= m;
+                            }
+                        }
                     }
                 }
                 // dV += P dO... in kv-major form: dV[c] += Σ_r Pᵀ[c][r] dO[r]

@@ -21,10 +21,12 @@ mod cpu;
 mod cuda;
 #[doc(hidden)]
 pub mod cuda_layout;
+mod dropout;
 mod microkernel;
 mod op;
 mod reference;
 
+pub use dropout::AttentionDropout;
 pub use reference::{attention_probs, reference_attention, repeat_kv};
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -53,6 +55,9 @@ pub struct AttentionOptions {
     pub mask: Option<AttentionMask>,
     /// Valid keys per batch row, `(batch,)` integers: keys `j >= len[b]` are padding.
     pub kv_lengths: Option<Tensor>,
+    /// Dropout on the attention probabilities (training), applied inside the fused CPU kernel
+    /// and its backward; the same seed gives the same mask on every backend.
+    pub dropout: Option<AttentionDropout>,
 }
 
 /// The implementation an attention call ran on.
@@ -87,7 +92,15 @@ pub fn flash_attention_with_backend(
     opts: &AttentionOptions,
 ) -> Result<(Tensor, AttentionBackend)> {
     let dims = validate(q, k, v, opts)?;
-    match select_backend(q, &dims) {
+    let backend = match select_backend(q, &dims) {
+        AttentionBackend::CudaFused if opts.dropout.is_some_and(|d| d.p > 0.0) => {
+            AttentionBackend::Reference(
+                "attention dropout is not in the CUDA kernel yet: using the reference".into(),
+            )
+        }
+        b => b,
+    };
+    match backend {
         AttentionBackend::CpuFused => Ok((op::cpu_fused(q, k, v, opts, dims)?, AttentionBackend::CpuFused)),
         #[cfg(feature = "cuda")]
         AttentionBackend::CudaFused => Ok((
@@ -174,6 +187,11 @@ pub(crate) fn validate(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptio
     }
     if !q.device().same_device(k.device()) || !q.device().same_device(v.device()) {
         candle_core::bail!("attention: q, k and v must be on the same device");
+    }
+    if let Some(dp) = &opts.dropout {
+        if !(0.0..1.0).contains(&dp.p) {
+            candle_core::bail!("attention: dropout probability {} must be in [0, 1)", dp.p);
+        }
     }
     if let Some(s) = opts.scale {
         if !s.is_finite() {

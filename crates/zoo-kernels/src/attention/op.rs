@@ -43,6 +43,7 @@ struct FlashAttention {
     causal: bool,
     kv_len: Option<Vec<usize>>,
     mask: Option<HostMask>,
+    dropout: Option<super::dropout::DropoutParams>,
     /// Row log-sum-exp saved by the forward pass for the backward pass.
     lse: Mutex<Option<Vec<f32>>>,
 }
@@ -58,6 +59,7 @@ impl FlashAttention {
                 data: &m.data,
                 strides: m.strides,
             }),
+            dropout: self.dropout,
         }
     }
 }
@@ -165,6 +167,7 @@ pub(crate) fn cpu_fused(
         causal: opts.causal,
         kv_len: kv_lengths_host(opts, dims.nk)?,
         mask: opts.mask.as_ref().map(HostMask::new).transpose()?,
+        dropout: opts.dropout.filter(|d| d.p > 0.0).map(|d| d.params()),
         lse: Mutex::new(None),
     };
     let out = prep(q)?.apply_op3(&prep(k)?, &prep(v)?, op)?;

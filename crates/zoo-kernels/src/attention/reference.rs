@@ -69,7 +69,14 @@ pub(crate) fn attention(
     opts: &AttentionOptions,
     dims: Dims,
 ) -> Result<Tensor> {
-    let p = probs(q, k, opts, dims)?;
+    let mut p = probs(q, k, opts, dims)?;
+    if let Some(dp) = opts.dropout.filter(|d| d.p > 0.0) {
+        p = p.broadcast_mul(
+            &dp.mask_tensor(dims, &Device::Cpu)?
+                .to_device(p.device())?
+                .to_dtype(p.dtype())?,
+        )?;
+    }
     let v = repeat_kv(&v.to_dtype(p.dtype())?, dims.h / dims.hkv)?;
     p.matmul(&v.contiguous()?)?.to_dtype(q.dtype())
 }

@@ -165,6 +165,54 @@ fn plain_and_causal_match_the_f64_reference() -> Result<()> {
     Ok(())
 }
 
+/// In-kernel dropout against the reference with the same mask (same seed): output and all three
+/// gradients within the f32 tolerance, plain, causal and key-padded; p = 0 equals no dropout.
+#[test]
+fn dropout_in_the_kernel_matches_the_reference_with_the_same_mask() -> Result<()> {
+    for (i, c) in CASES.iter().enumerate() {
+        for (causal, p) in [(false, 0.1f32), (true, 0.5)] {
+            let opts = AttentionOptions {
+                causal,
+                kv_lengths: (i % 3 == 1)
+                    .then(|| Tensor::new(vec![(c.nk as u32).div_ceil(2); c.b], &Device::Cpu))
+                    .transpose()?,
+                dropout: Some(AttentionDropout::with_seed(p, 1000 + i as u64)),
+                ..Default::default()
+            };
+            check(c, &opts, i as u64, 1.0, 1e-5)?;
+        }
+    }
+    // p = 0 is plain attention; a different seed gives a different output.
+    let c = &CASES[3];
+    let mut r = rng(3);
+    let q = randn(&mut r, &[c.b, c.h, c.nq, c.d], 1.0)?;
+    let k = randn(&mut r, &[c.b, c.hkv, c.nk, c.d], 1.0)?;
+    let v = randn(&mut r, &[c.b, c.hkv, c.nk, c.d], 1.0)?;
+    let with = |d: Option<AttentionDropout>| {
+        flash_attention(
+            &q,
+            &k,
+            &v,
+            &AttentionOptions {
+                dropout: d,
+                ..Default::default()
+            },
+        )
+    };
+    let plain = with(None)?;
+    assert_eq!(
+        rel_err(&with(Some(AttentionDropout::with_seed(0.0, 5)))?, &plain)?,
+        0.0
+    );
+    let (a, b) = (
+        with(Some(AttentionDropout::with_seed(0.3, 5)))?,
+        with(Some(AttentionDropout::with_seed(0.3, 6)))?,
+    );
+    assert!(rel_err(&a, &b)? > 1e-2 && rel_err(&a, &plain)? > 1e-2);
+    assert!(with(Some(AttentionDropout::with_seed(1.0, 5))).is_err());
+    Ok(())
+}
+
 #[test]
 fn masks_padding_and_rows_without_keys_match_the_reference() -> Result<()> {
     for (i, c) in CASES.iter().enumerate() {
@@ -213,6 +261,7 @@ fn masks_padding_and_rows_without_keys_match_the_reference() -> Result<()> {
                 kv_lengths: Some(lens),
                 causal: true,
                 scale: Some(0.3),
+                dropout: Some(AttentionDropout::with_seed(0.2, 77)),
             },
         ];
         for (j, opts) in variants.iter().enumerate() {

@@ -67,24 +67,20 @@ impl CustomOp1 for Permute {
             (h, seq, d, Shape::from((b, seq, h * d)))
         };
         let mut out = vec![0f32; x.len()];
-        // One task per (batch, source row): split reads row (bi, i) of x and scatters its heads;
-        // merge gathers row (bi, i) of the output from every head.
-        for_each_chunk_mut(
-            &mut out,
-            if self.split { h * seq * d } else { seq * h * d },
-            |bi, o| {
-                for i in 0..seq {
-                    for hh in 0..h {
-                        let (src, dst) = if self.split {
-                            (((bi * seq + i) * h + hh) * d, (hh * seq + i) * d)
-                        } else {
-                            (((bi * h + hh) * seq + i) * d, (i * h + hh) * d)
-                        };
-                        o[dst..dst + d].copy_from_slice(&x[src..src + d]);
-                    }
+        // One task per batch row (its `seq · h · d` outputs): split scatters each source row's
+        // heads, merge gathers each output row from every head.
+        for_each_chunk_mut(&mut out, seq * h * d, |bi, o| {
+            for i in 0..seq {
+                for hh in 0..h {
+                    let (src, dst) = if self.split {
+                        (((bi * seq + i) * h + hh) * d, (hh * seq + i) * d)
+                    } else {
+                        (((bi * h + hh) * seq + i) * d, (i * h + hh) * d)
+                    };
+                    o[dst..dst + d].copy_from_slice(&x[src..src + d]);
                 }
-            },
-        );
+            }
+        });
         Ok((CpuStorage::F32(out), out_shape))
     }
 

@@ -9,6 +9,7 @@
 //! - [`conv::conv2d`]: NCHW convolution with bias and fused ReLU whose backward is two matrix
 //!   products per image (candle's took half of the MNIST CNN's training step).
 //! - [`heads::split_heads`], [`heads::merge_heads`]: attention's head reshuffles as one node each.
+//! - [`dropout::dropout`]: dropout as one node with a hashed mask that is recomputed, not stored.
 //! - [`linear::linear`]: `act(x Wᵀ + b)` as one autograd node (candle's composition is five, and
 //!   each costs a zeros tensor and an add in the backward pass).
 //! - [`norm::layer_norm`], [`norm::rms_norm`]: fused CPU normalization with a backward pass
@@ -30,6 +31,7 @@ pub mod allocator;
 pub mod attention;
 pub mod bias;
 pub mod conv;
+pub mod dropout;
 mod gemm;
 pub mod heads;
 mod host;

@@ -79,7 +79,7 @@ impl FeedForward {
             Some(g) => (self.activation.forward(&g.forward(x)?)? * self.linear1.forward(x)?)?,
         };
         let h = if train && self.dropout > 0.0 {
-            candle_nn::ops::dropout(&h, self.dropout)?
+            zoo_kernels::dropout::dropout(&h, self.dropout)?
         } else {
             h
         };

@@ -131,7 +131,7 @@ impl TransformerLayerConfig {
 
 fn dropout(x: Tensor, p: f32, train: bool) -> Result<Tensor> {
     if train && p > 0.0 {
-        candle_nn::ops::dropout(&x, p)
+        zoo_kernels::dropout::dropout(&x, p)
     } else {
         Ok(x)
     }

@@ -21,7 +21,7 @@ mod cpu;
 mod cuda;
 #[doc(hidden)]
 pub mod cuda_layout;
-mod dropout;
+pub(crate) mod dropout;
 mod microkernel;
 mod op;
 mod reference;

@@ -213,7 +213,7 @@ impl Gpt {
         self.check_ids(ids)?;
         let mut x = self.embed(ids, 0)?;
         if train && self.cfg.dropout > 0.0 {
-            x = candle_nn::ops::dropout(&x, self.cfg.dropout)?;
+            x = zoo_kernels::dropout::dropout(&x, self.cfg.dropout)?;
         }
         for block in &self.blocks {
             x = match &self.rope {

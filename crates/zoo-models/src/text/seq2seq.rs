@@ -166,7 +166,7 @@ impl Seq2SeqTransformer {
         let x = (emb.forward(ids)? * (self.cfg.layer.d_model as f64).sqrt())?;
         let x = self.pe.forward_at(&x, offset)?;
         if train && self.cfg.layer.dropout > 0.0 {
-            candle_nn::ops::dropout(&x, self.cfg.layer.dropout)
+            zoo_kernels::dropout::dropout(&x, self.cfg.layer.dropout)
         } else {
             Ok(x)
         }

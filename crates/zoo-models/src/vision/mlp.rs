@@ -66,7 +66,7 @@ impl ModuleT for Mlp {
         for layer in &self.layers {
             xs = layer.forward(&xs)?.relu()?;
             if train && self.dropout > 0.0 {
-                xs = candle_nn::ops::dropout(&xs, self.dropout)?;
+                xs = zoo_kernels::dropout::dropout(&xs, self.dropout)?;
             }
         }
         self.head.forward(&xs)

@@ -342,10 +342,7 @@ fn f32_of<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
 
 /// The contiguous f32 data behind a tensor's storage, for the backward pass.
 fn cpu_f32<'a>(s: &'a Storage, l: &Layout, name: &str) -> Result<&'a [f32]> {
-    match s {
-        Storage::Cpu(s) => f32_of(s, l, name),
-        _ => candle_core::bail!("conv2d: {name} is not on the CPU"),
-    }
+    crate::host::storage_f32(s, l, "conv2d", name)
 }
 
 impl Conv2dOp {

@@ -1,7 +1,7 @@
 //! Reading candle CPU storage inside our ops.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, Layout, Result, Storage};
 
 /// The f32 elements of a contiguous CPU tensor; `op` and `name` make the error say which input
 /// of which op was wrong (`"flash attention: q must be contiguous"`).
@@ -10,5 +10,14 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str, name: &str)
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => candle_core::bail!("{op}: {name} must be contiguous"),
         (other, _) => candle_core::bail!("{op}: {name} must be f32, got {:?}", other.dtype()),
+    }
+}
+
+/// [`f32_slice`] for a tensor's storage as `storage_and_layout` returns it (backward passes read
+/// their saved inputs this way, without copying); fails unless it is on the CPU.
+pub(crate) fn storage_f32<'a>(s: &'a Storage, l: &Layout, op: &str, name: &str) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(s) => f32_slice(s, l, op, name),
+        _ => candle_core::bail!("{op}: {name} is not on the CPU"),
     }
 }

@@ -116,10 +116,7 @@ multiversion! {
 }
 
 fn cpu_f32<'a>(s: &'a Storage, l: &Layout, name: &str) -> Result<&'a [f32]> {
-    match s {
-        Storage::Cpu(s) => f32_slice(s, l, "linear", name),
-        _ => candle_core::bail!("linear: {name} is not on the CPU"),
-    }
+    crate::host::storage_f32(s, l, "linear", name)
 }
 
 /// `y (rows, out) = relu?(x (rows, in) · wᵀ + b)`.

@@ -6,6 +6,7 @@
 //! run on candle's worker pool, and compute in f32. Other devices and dtypes use the composed
 //! reference, which callers get from [`layer_norm`] / [`rms_norm`] automatically.
 
+use crate::host::storage_f32;
 use crate::parallel::{for_each_index, DisjointMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use std::sync::Mutex;
@@ -259,9 +260,18 @@ impl NormOp {
             candle_core::bail!("norm: backward called before the forward pass ran")
         };
         let dy = dy.contiguous()?;
-        let to_vec = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
-        let (xv, wv, dyv) = (to_vec(x)?, to_vec(w)?, to_vec(&dy)?);
-        let (dx, dw, db) = self.backward(&xv, &wv, &dyv, wv.len(), mean, rstd);
+        // Read the inputs in place (copying them out was three extra passes per backward).
+        let (dx, dw, db) = {
+            let (xs, xl) = x.storage_and_layout();
+            let (ws, wl) = w.storage_and_layout();
+            let (gs, gl) = dy.storage_and_layout();
+            let (xv, wv, dyv) = (
+                storage_f32(&xs, xl, "norm", "input")?,
+                storage_f32(&ws, wl, "norm", "weight")?,
+                storage_f32(&gs, gl, "norm", "gradient")?,
+            );
+            self.backward(xv, wv, dyv, wv.len(), mean, rstd)
+        };
         Ok((
             Tensor::from_vec(dx, x.shape(), x.device())?,
             Tensor::from_vec(dw, w.shape(), w.device())?,

@@ -30,9 +30,38 @@ impl HubOptions {
     }
 }
 
+/// The two kinds of hub repository the zoo reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoKind {
+    /// A model repository (`owner/name`, cached as `models--owner--name`).
+    Model,
+    /// A dataset repository (cached as `datasets--owner--name`).
+    Dataset,
+}
+
+impl RepoKind {
+    fn cache_prefix(self) -> &'static str {
+        match self {
+            Self::Model => "models",
+            Self::Dataset => "datasets",
+        }
+    }
+}
+
 /// Returns the local path of `file` in the dataset repository `repo_id` (`owner/name`),
 /// downloading it into the cache when it is missing there and the network is allowed.
 pub fn dataset_file(repo_id: &str, file: &str, opts: &HubOptions) -> Result<PathBuf> {
+    repo_file(RepoKind::Dataset, repo_id, file, opts)
+}
+
+/// Returns the local path of `file` in the model repository `repo_id` (`owner/name`), from the
+/// cache first, downloading only when it is missing and offline mode is off.
+pub fn model_file(repo_id: &str, file: &str, opts: &HubOptions) -> Result<PathBuf> {
+    repo_file(RepoKind::Model, repo_id, file, opts)
+}
+
+/// [`dataset_file`] / [`model_file`] for either kind of repository.
+pub fn repo_file(kind: RepoKind, repo_id: &str, file: &str, opts: &HubOptions) -> Result<PathBuf> {
     let hub_err = |message: String| DataError::Hub {
         repo: repo_id.to_string(),
         file: file.to_string(),
@@ -46,19 +75,30 @@ pub fn dataset_file(repo_id: &str, file: &str, opts: &HubOptions) -> Result<Path
         .build_sync()
         .map_err(|e| hub_err(format!("cannot create the hub client: {e}")))?;
     let (owner, name) = hf_hub::split_id(repo_id);
-    let repo = client.dataset(owner, name);
     let revision = opts.revision.as_deref().unwrap_or("main");
-    let request = repo.download_file().filename(file).revision(revision);
-    match request.clone().local_files_only(true).send() {
-        Ok(path) => Ok(path),
-        Err(hf_hub::HFError::LocalEntryNotFound { .. }) if opts.is_offline() => Err(hub_err(format!(
-            "not in the local cache ({}) and offline mode is on (HF_HUB_OFFLINE)",
-            cache_display(opts)
-        ))),
-        Err(hf_hub::HFError::LocalEntryNotFound { .. }) => request
-            .send()
-            .map_err(|e| hub_err(format!("download failed: {e}"))),
-        Err(e) => Err(hub_err(format!("cache lookup failed: {e}"))),
+    // The two repository types are different Rust types with the same download API.
+    macro_rules! fetch {
+        ($repo:expr) => {{
+            let repo = $repo;
+            let request = repo.download_file().filename(file).revision(revision);
+            match request.clone().local_files_only(true).send() {
+                Ok(path) => Ok(path),
+                Err(hf_hub::HFError::LocalEntryNotFound { .. }) if opts.is_offline() => {
+                    Err(hub_err(format!(
+                        "not in the local cache ({}) and offline mode is on (HF_HUB_OFFLINE)",
+                        cache_display(opts)
+                    )))
+                }
+                Err(hf_hub::HFError::LocalEntryNotFound { .. }) => request
+                    .send()
+                    .map_err(|e| hub_err(format!("download failed: {e}"))),
+                Err(e) => Err(hub_err(format!("cache lookup failed: {e}"))),
+            }
+        }};
+    }
+    match kind {
+        RepoKind::Model => fetch!(client.model(owner, name)),
+        RepoKind::Dataset => fetch!(client.dataset(owner, name)),
     }
 }
 
@@ -80,7 +120,31 @@ pub fn seed_dataset_cache(
     file: &str,
     src: &Path,
 ) -> Result<PathBuf> {
-    let repo_dir = cache_dir.join(format!("datasets--{}", repo_id.replace('/', "--")));
+    seed_cache(RepoKind::Dataset, cache_dir, repo_id, commit, file, src)
+}
+
+/// [`seed_dataset_cache`] for a model repository: how a folder of model files (a registry
+/// package, a copy made elsewhere) is put where `model_file` finds it offline.
+pub fn seed_model_cache(
+    cache_dir: &Path,
+    repo_id: &str,
+    commit: &str,
+    file: &str,
+    src: &Path,
+) -> Result<PathBuf> {
+    seed_cache(RepoKind::Model, cache_dir, repo_id, commit, file, src)
+}
+
+/// Places `src` into the cache layout of either kind of repository.
+pub fn seed_cache(
+    kind: RepoKind,
+    cache_dir: &Path,
+    repo_id: &str,
+    commit: &str,
+    file: &str,
+    src: &Path,
+) -> Result<PathBuf> {
+    let repo_dir = cache_dir.join(format!("{}--{}", kind.cache_prefix(), repo_id.replace('/', "--")));
     let refs = repo_dir.join("refs");
     let dest = repo_dir.join("snapshots").join(commit).join(file);
     let parent = dest.parent().unwrap_or(&repo_dir).to_path_buf();

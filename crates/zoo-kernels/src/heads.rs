@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 /// `(batch, seq, heads·head_dim)` → `(batch, heads, seq, head_dim)`, contiguous.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, l, e) = x.dims3()?;
-    if heads == 0 || e % heads != 0 {
+    if heads == 0 || !e.is_multiple_of(heads) {
         candle_core::bail!(
             "split_heads: width {e} of {:?} is not a multiple of {heads} heads",
             x.dims()

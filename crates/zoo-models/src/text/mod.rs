@@ -1,10 +1,17 @@
-//! Text models: a decoder-only language model and the sampling it generates with, and an
-//! encoder-decoder translator with greedy and beam-search decoding.
+//! Text models: a decoder-only language model and the sampling it generates with, an
+//! encoder-decoder translator with greedy and beam-search decoding, and BERT with pretrained
+//! weights from the Hugging Face hub layout (sentence embeddings as sentence-transformers).
 
+pub mod bert;
 pub mod gpt;
+pub mod pretrained;
 pub mod sampling;
+pub mod sentence;
 pub mod seq2seq;
 
+pub use bert::{pool_sentences, Bert, BertConfig, Pooling};
 pub use gpt::{Gpt, GptConfig, PositionKind};
+pub use pretrained::PretrainedFiles;
 pub use sampling::{Sampler, SamplingConfig};
+pub use sentence::SentenceEncoder;
 pub use seq2seq::{BeamConfig, Seq2SeqConfig, Seq2SeqTransformer};

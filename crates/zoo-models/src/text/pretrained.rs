@@ -1,0 +1,169 @@
+//! Finding and checking pretrained files: a local directory, or a Hugging Face hub repository
+//! through hf-hub's cache (offline mode respected, see `zoo_data::hub`).
+
+use super::bert::{Bert, BertConfig};
+use candle_core::{DType, Device, Result};
+use candle_nn::VarBuilder;
+use std::path::{Path, PathBuf};
+use zoo_data::hub::{model_file, HubOptions};
+
+/// The files of a pretrained model, resolved to local paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PretrainedFiles {
+    /// `config.json`.
+    pub config: PathBuf,
+    /// `model.safetensors`, or `pytorch_model.bin` when there is no safetensors file.
+    pub weights: PathBuf,
+    /// `tokenizer.json`, when the repository has one.
+    pub tokenizer: Option<PathBuf>,
+    /// `sentence_bert_config.json` (sentence-transformers' `max_seq_length`), when present.
+    pub sentence_config: Option<PathBuf>,
+}
+
+fn msg(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+impl PretrainedFiles {
+    /// `repo_or_dir` is a directory holding the files, or a hub id such as
+    /// `sentence-transformers/all-MiniLM-L6-v2` (cache first; downloads only when online).
+    pub fn resolve(repo_or_dir: &str, opts: &HubOptions) -> Result<Self> {
+        let dir = Path::new(repo_or_dir);
+        if dir.is_dir() {
+            let opt = |f: &str| Some(dir.join(f)).filter(|p| p.is_file());
+            let config = opt("config.json")
+                .ok_or_else(|| msg(format!("{}: no config.json in this directory", dir.display())))?;
+            let weights = opt("model.safetensors")
+                .or_else(|| opt("pytorch_model.bin"))
+                .ok_or_else(|| {
+                    msg(format!(
+                        "{}: neither model.safetensors nor pytorch_model.bin in this directory",
+                        dir.display()
+                    ))
+                })?;
+            return Ok(Self {
+                config,
+                weights,
+                tokenizer: opt("tokenizer.json"),
+                sentence_config: opt("sentence_bert_config.json"),
+            });
+        }
+        if repo_or_dir.split('/').count() != 2 {
+            return Err(msg(format!(
+                "{repo_or_dir:?} is neither a directory nor a hub repository id (owner/name)"
+            )));
+        }
+        let get = |f: &str| model_file(repo_or_dir, f, opts);
+        let config = get("config.json").map_err(msg)?;
+        let weights = match get("model.safetensors") {
+            Ok(p) => p,
+            Err(e) => get("pytorch_model.bin").map_err(|e2| {
+                msg(format!(
+                    "{repo_or_dir}: no weights: model.safetensors ({e}); pytorch_model.bin ({e2})"
+                ))
+            })?,
+        };
+        Ok(Self {
+            config,
+            weights,
+            tokenizer: get("tokenizer.json").ok(),
+            sentence_config: get("sentence_bert_config.json").ok(),
+        })
+    }
+
+    /// A `VarBuilder` over the weights (memory-mapped safetensors, or a PyTorch pickle).
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        let w = &self.weights;
+        if w.extension().is_some_and(|e| e == "bin") {
+            return VarBuilder::from_pth(w, dtype, device)
+                .map_err(|e| msg(format!("{}: cannot read the PyTorch weights: {e}", w.display())));
+        }
+        // SAFETY: the file is memory-mapped read-only; the zoo never writes to it, and a file
+        // changed by another process while mapped is outside what any mmap reader can defend.
+        unsafe { VarBuilder::from_mmaped_safetensors(std::slice::from_ref(w), dtype, device) }
+            .map_err(|e| msg(format!("{}: not a readable safetensors file ({e})", w.display())))
+    }
+
+    /// sentence-transformers' `max_seq_length`, when the repository says.
+    pub fn max_seq_length(&self) -> Result<Option<usize>> {
+        let Some(p) = &self.sentence_config else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(p).map_err(|e| msg(format!("{}: {e}", p.display())))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| msg(format!("{}: invalid JSON: {e}", p.display())))?;
+        Ok(v.get("max_seq_length")
+            .and_then(|x| x.as_u64())
+            .map(|x| x as usize))
+    }
+}
+
+/// Checks a safetensors file against the parameters a model expects (`(name, shape)`), and
+/// lists every missing tensor and every shape mismatch in one error, so a config that does not
+/// fit its weights says how. Names may carry one common prefix in the file (`bert.`).
+pub fn check_safetensors(path: &Path, expected: &[(String, Vec<usize>)]) -> Result<()> {
+    // SAFETY: read-only memory map, as in `PretrainedFiles::var_builder`.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| {
+        msg(format!(
+            "{}: not a readable safetensors file ({e})",
+            path.display()
+        ))
+    })?;
+    let stored: std::collections::HashMap<String, Vec<usize>> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect();
+    let prefix = if stored.keys().any(|k| k.starts_with("bert.")) {
+        "bert."
+    } else {
+        ""
+    };
+    let mut problems = Vec::new();
+    for (name, shape) in expected {
+        match stored.get(&format!("{prefix}{name}")) {
+            None => problems.push(format!("missing {prefix}{name} {shape:?}")),
+            Some(s) if s != shape => problems.push(format!(
+                "{prefix}{name}: file has {s:?}, config expects {shape:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let n = problems.len();
+    problems.truncate(12);
+    Err(msg(format!(
+        "{}: the weights do not match the config ({n} problems): {}{}",
+        path.display(),
+        problems.join("; "),
+        if n > 12 { "; …" } else { "" }
+    )))
+}
+
+impl Bert {
+    /// Loads a BERT encoder (and its pooler when the weights have one) from a directory or a
+    /// hub repository, f32 on `device`. Returns the files too (tokenizer, sentence config).
+    pub fn from_pretrained(
+        repo_or_dir: &str,
+        opts: &HubOptions,
+        device: &Device,
+    ) -> Result<(Self, PretrainedFiles)> {
+        let files = PretrainedFiles::resolve(repo_or_dir, opts)?;
+        let text = std::fs::read_to_string(&files.config)
+            .map_err(|e| msg(format!("{}: {e}", files.config.display())))?;
+        let cfg =
+            BertConfig::from_json(&text).map_err(|e| msg(format!("{}: {e}", files.config.display())))?;
+        cfg.validate()?;
+        let is_safetensors = files.weights.extension().is_some_and(|e| e == "safetensors");
+        if is_safetensors {
+            check_safetensors(&files.weights, &cfg.parameter_shapes(false))?;
+        }
+        let vb = files.var_builder(DType::F32, device)?;
+        let pooler =
+            vb.contains_tensor("pooler.dense.weight") || vb.contains_tensor("bert.pooler.dense.weight");
+        let model = Bert::new(&cfg, vb, pooler)?;
+        Ok((model, files))
+    }
+}

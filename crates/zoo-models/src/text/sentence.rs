@@ -1,0 +1,109 @@
+//! Sentence embeddings as sentence-transformers computes them: tokenize with padding to the
+//! longest sentence of the batch (not the tokenizer file's fixed 128), truncate at the model's
+//! `max_seq_length`, run BERT, mean-pool over real tokens, L2-normalize.
+
+use super::bert::{pool_sentences, Bert, Pooling};
+use candle_core::{Device, Result, Tensor};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use zoo_data::hub::HubOptions;
+
+/// A BERT encoder with its tokenizer and pooling: text in, one vector per sentence out.
+pub struct SentenceEncoder {
+    bert: Bert,
+    tokenizer: Tokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    device: Device,
+}
+
+fn msg(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+impl SentenceEncoder {
+    /// Loads model and tokenizer (mean pooling, normalized, as `all-MiniLM-L6-v2`); sequences
+    /// are truncated at the repository's `max_seq_length` (else the model's position limit).
+    pub fn from_pretrained(repo_or_dir: &str, opts: &HubOptions, device: &Device) -> Result<Self> {
+        let (bert, files) = Bert::from_pretrained(repo_or_dir, opts, device)?;
+        let Some(tok_path) = &files.tokenizer else {
+            candle_core::bail!("{repo_or_dir}: no tokenizer.json, which a sentence encoder needs")
+        };
+        let tokenizer =
+            Tokenizer::from_file(tok_path).map_err(|e| msg(format!("{}: {e}", tok_path.display())))?;
+        let max_len = files
+            .max_seq_length()?
+            .unwrap_or(bert.config().max_position_embeddings)
+            .min(bert.config().max_position_embeddings);
+        Self::new(bert, tokenizer, max_len, Pooling::Mean, true, device)
+    }
+
+    /// From parts. The tokenizer's own padding/truncation settings are replaced: batches pad to
+    /// their longest sentence and truncate at `max_len` tokens.
+    pub fn new(
+        bert: Bert,
+        mut tokenizer: Tokenizer,
+        max_len: usize,
+        pooling: Pooling,
+        normalize: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let pad = tokenizer.get_padding().cloned().unwrap_or_default();
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..pad
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(msg)?;
+        Ok(Self {
+            bert,
+            tokenizer,
+            pooling,
+            normalize,
+            device: device.clone(),
+        })
+    }
+
+    /// The encoder.
+    pub fn bert(&self) -> &Bert {
+        &self.bert
+    }
+
+    /// The tokenizer, with the batch padding and truncation described in [`Self::new`].
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// `(input_ids, attention_mask)`, both `(batch, longest)` u32.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
+        if texts.is_empty() {
+            candle_core::bail!("SentenceEncoder: no sentences to encode");
+        }
+        let enc = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(msg)?;
+        let (b, l) = (enc.len(), enc[0].get_ids().len());
+        let ids: Vec<u32> = enc.iter().flat_map(|e| e.get_ids().iter().copied()).collect();
+        let mask: Vec<u32> = enc
+            .iter()
+            .flat_map(|e| e.get_attention_mask().iter().copied())
+            .collect();
+        Ok((
+            Tensor::from_vec(ids, (b, l), &self.device)?,
+            Tensor::from_vec(mask, (b, l), &self.device)?,
+        ))
+    }
+
+    /// Token states `(batch, longest, hidden)` and the attention mask, evaluation mode.
+    pub fn token_embeddings(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
+        let (ids, mask) = self.tokenize(texts)?;
+        Ok((self.bert.forward(&ids, Some(&mask), None, false)?, mask))
+    }
+
+    /// One vector per sentence, `(batch, hidden)`.
+    pub fn embed(&self, texts: &[&str]) -> Result<Tensor> {
+        let (hidden, mask) = self.token_embeddings(texts)?;
+        pool_sentences(&hidden, &mask, self.pooling, self.normalize)
+    }
+}

@@ -177,3 +177,21 @@ fn broken_inputs_give_errors_that_say_what_is_wrong() {
         .to_string();
     assert!(e.contains("neither a directory nor"), "{e}");
 }
+
+/// `encode` batches by length and returns rows in the caller's order, equal to one big batch.
+#[test]
+fn encode_in_length_sorted_batches_keeps_the_order() {
+    let Some(dir) = common::shared("models/all-MiniLM-L6-v2") else {
+        return;
+    };
+    let enc =
+        SentenceEncoder::from_pretrained(dir.to_str().expect("utf-8"), &HubOptions::default(), &Device::Cpu)
+            .expect("load");
+    let texts = sentences();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let all = enc.embed(&texts).expect("one batch");
+    let batched = enc.encode(&texts, 2).expect("batches of 2");
+    let e = max_abs_diff(&all, &batched);
+    assert!(e <= 1e-5, "{e:.2e}");
+    assert!(enc.encode(&texts, 0).is_err());
+}

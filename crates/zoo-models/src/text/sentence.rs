@@ -101,9 +101,33 @@ impl SentenceEncoder {
         Ok((self.bert.forward(&ids, Some(&mask), None, false)?, mask))
     }
 
-    /// One vector per sentence, `(batch, hidden)`.
+    /// One vector per sentence, `(batch, hidden)`, all sentences in one padded batch.
     pub fn embed(&self, texts: &[&str]) -> Result<Tensor> {
         let (hidden, mask) = self.token_embeddings(texts)?;
         pool_sentences(&hidden, &mask, self.pooling, self.normalize)
+    }
+
+    /// Embeddings of any number of sentences, `(texts.len(), hidden)` in the given order, computed
+    /// `batch_size` at a time. Like sentence-transformers' `encode`, sentences are grouped by
+    /// length first, so a batch pads to a similar length instead of to the longest overall.
+    pub fn encode(&self, texts: &[&str], batch_size: usize) -> Result<Tensor> {
+        if batch_size == 0 {
+            candle_core::bail!("SentenceEncoder: batch_size must be at least 1");
+        }
+        // Order by character length, longest first (sentence-transformers' heuristic).
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].chars().count()));
+        let mut parts = Vec::with_capacity(texts.len().div_ceil(batch_size));
+        for chunk in order.chunks(batch_size) {
+            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+            parts.push(self.embed(&batch)?);
+        }
+        let sorted = Tensor::cat(&parts, 0)?;
+        // Row r of `sorted` is sentence order[r]; put it back at its place.
+        let mut back = vec![0u32; texts.len()];
+        for (r, &i) in order.iter().enumerate() {
+            back[i] = r as u32;
+        }
+        sorted.index_select(&Tensor::from_vec(back, texts.len(), &self.device)?, 0)
     }
 }

@@ -7,6 +7,9 @@
 //!   with [`vision::Mlp`] and [`vision::LinearClassifier`] as baselines.
 //! - [`text::Gpt`]: a decoder-only language model with KV-cache generation
 //!   ([`text::SamplingConfig`]: temperature, top-k, top-p).
+//! - [`text::Seq2SeqTransformer`]: an encoder-decoder translator (greedy and beam search).
+//! - [`text::Bert`]: BERT with Hugging Face's names, loaded from a directory or the hub cache
+//!   ([`text::PretrainedFiles`]), and [`text::SentenceEncoder`] for sentence embeddings.
 //!
 //! ```
 //! use candle_core::{DType, Device, Module, Tensor};

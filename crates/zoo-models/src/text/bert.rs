@@ -388,6 +388,19 @@ impl Bert {
         token_type_ids: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
+        self.forward_frozen(input_ids, attention_mask, token_type_ids, train, 0)
+    }
+
+    /// [`Self::forward`] with the embeddings and the bottom `frozen_layers` layers cut from the
+    /// autograd graph (fine-tuning the top of the model only: the backward pass stops there).
+    pub fn forward_frozen(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+        frozen_layers: usize,
+    ) -> Result<Tensor> {
         let (b, l) = input_ids.dims2()?;
         if let Some(m) = attention_mask {
             if m.dims() != [b, l] {
@@ -402,8 +415,14 @@ impl Bert {
             None => KeyMask::None,
         };
         let mut x = self.embeddings.forward(input_ids, token_type_ids, train)?;
-        for layer in &self.layers {
+        if frozen_layers > 0 {
+            x = x.detach();
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &mask, train)?;
+            if i + 1 == frozen_layers {
+                x = x.detach();
+            }
         }
         Ok(x)
     }

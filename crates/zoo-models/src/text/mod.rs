@@ -3,6 +3,7 @@
 //! weights from the Hugging Face hub layout (sentence embeddings as sentence-transformers).
 
 pub mod bert;
+pub mod classify;
 pub mod gpt;
 pub mod pretrained;
 pub mod sampling;
@@ -10,6 +11,7 @@ pub mod sentence;
 pub mod seq2seq;
 
 pub use bert::{pool_sentences, Bert, BertConfig, Pooling};
+pub use classify::{BertForSequenceClassification, ClassifierInput, FineTuneStrategy, ProblemType};
 pub use gpt::{Gpt, GptConfig, PositionKind};
 pub use pretrained::PretrainedFiles;
 pub use sampling::{Sampler, SamplingConfig};

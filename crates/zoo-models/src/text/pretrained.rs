@@ -167,3 +167,43 @@ impl Bert {
         Ok((model, files))
     }
 }
+
+/// Copies the tensors of a safetensors file into the variables of `varmap` with the same name
+/// (or the same name with or without a `bert.` prefix: a `BertModel` file fills the backbone of
+/// a task model, and back), shapes checked. Returns the
+/// names of the variables the file did not have (a new head, say), sorted; the caller decides
+/// whether that is fine.
+pub fn load_into_varmap(varmap: &candle_nn::VarMap, path: &Path) -> Result<Vec<String>> {
+    // SAFETY: read-only memory map, as in `PretrainedFiles::var_builder`.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| {
+        msg(format!(
+            "{}: not a readable safetensors file ({e})",
+            path.display()
+        ))
+    })?;
+    let stored: std::collections::HashSet<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+    let vars = varmap.data().lock().map_err(|_| msg("VarMap lock poisoned"))?;
+    let mut missing = Vec::new();
+    for (name, var) in vars.iter() {
+        let bare = name.strip_prefix("bert.").unwrap_or(name);
+        let key = [name.clone(), format!("bert.{name}"), bare.to_string()]
+            .into_iter()
+            .find(|k| stored.contains(k));
+        let Some(key) = key else {
+            missing.push(name.clone());
+            continue;
+        };
+        let t = st.load(&key, var.device())?.to_dtype(var.dtype())?;
+        if t.shape() != var.shape() {
+            return Err(msg(format!(
+                "{}: {key} has shape {:?}, the model expects {:?}",
+                path.display(),
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&t)?;
+    }
+    missing.sort();
+    Ok(missing)
+}

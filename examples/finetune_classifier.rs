@@ -25,6 +25,8 @@ use candle_zoo::models::text::{
     BertConfig, BertForSequenceClassification, ClassifierInput, FineTuneStrategy, PretrainedFiles,
     ProblemType,
 };
+use candle_zoo::nn::lora::{load_adapters, save_adapters};
+use candle_zoo::nn::LoraConfig;
 use candle_zoo::train::optim::named_params;
 use candle_zoo::train::{BatchModel, LrSchedule, OptimizerConfig, ProgressMode, Trainer, TrainerConfig};
 use clap::{Parser, ValueEnum};
@@ -47,6 +49,8 @@ enum StrategyArg {
     LastK,
     /// Train everything.
     Full,
+    /// LoRA adapters (`--lora-r`, `--lora-alpha`, on query and value) and the classifier.
+    Lora,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -68,6 +72,12 @@ struct Args {
     /// Layers trained by `--strategy last-k`.
     #[arg(long, default_value_t = 2)]
     k: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    lora_r: usize,
+    /// LoRA alpha (the update is scaled by alpha / r).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
     /// What the classifier reads.
     #[arg(long, value_enum, default_value = "mean")]
     input: InputArg,
@@ -231,6 +241,13 @@ fn main() -> Result<()> {
         StrategyArg::Head => FineTuneStrategy::Head,
         StrategyArg::LastK => FineTuneStrategy::LastK(args.k),
         StrategyArg::Full => FineTuneStrategy::Full,
+        StrategyArg::Lora => FineTuneStrategy::Lora,
+    };
+    let lora_cfg = LoraConfig {
+        r: args.lora_r,
+        alpha: args.lora_alpha,
+        dropout: 0.1,
+        target_modules: vec!["query".into(), "value".into()],
     };
     let input = match args.input {
         InputArg::Mean => ClassifierInput::MeanPooling,
@@ -238,12 +255,16 @@ fn main() -> Result<()> {
     };
     let vm = VarMap::new();
     let vb = candle_zoo::nn::init::seeded_var_builder(&vm, args.seed, DType::F32, &dev);
-    let mut model = BertForSequenceClassification::new(
+    let adapters = VarMap::new();
+    let lora = (strategy == FineTuneStrategy::Lora)
+        .then(|| (&lora_cfg, VarBuilder::from_varmap(&adapters, DType::F32, &dev)));
+    let mut model = BertForSequenceClassification::new_with_lora(
         &cfg,
         names.len(),
         ProblemType::SingleLabelClassification,
         input,
         vb,
+        lora,
     )?;
     let missing = load_into_varmap(&vm, &files.weights)?;
     if let Some(m) = missing.iter().find(|n| !n.starts_with("classifier.")) {
@@ -251,12 +272,18 @@ fn main() -> Result<()> {
     }
     model.set_strategy(strategy);
     let layers = cfg.num_hidden_layers;
-    let params: Vec<_> = named_params(&vm)?
+    let mut params: Vec<_> = named_params(&vm)?
         .into_iter()
         .filter(|(n, _)| strategy.trains(n, layers))
         .collect();
+    params.extend(named_params(&adapters)?);
     let trainable: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
-    let total: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+    let total: usize = vm
+        .all_vars()
+        .iter()
+        .chain(&adapters.all_vars())
+        .map(|v| v.elem_count())
+        .sum();
     println!(
         "{:?}: {} train / {} test sentences, {} classes; {} ({} layers, hidden {}), strategy {strategy:?}: {trainable} of {total} parameters train",
         args.dataset,
@@ -267,10 +294,10 @@ fn main() -> Result<()> {
         layers,
         cfg.hidden_size
     );
-    let lr = args.lr.unwrap_or(if strategy == FineTuneStrategy::Head {
-        2e-3
-    } else {
-        1e-4
+    let lr = args.lr.unwrap_or(match strategy {
+        FineTuneStrategy::Head => 2e-3,
+        FineTuneStrategy::Lora => 1e-3,
+        _ => 1e-4,
     });
     let steps = train.num_batches() * args.epochs;
     let tcfg = TrainerConfig {
@@ -314,6 +341,11 @@ fn main() -> Result<()> {
         .into();
     config["classifier_input"] = serde_json::to_value(input)?;
     config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+    if strategy == FineTuneStrategy::Lora {
+        // The adapters alone (PEFT names), beside the base weights the Trainer saved.
+        save_adapters(&adapters, &lora_cfg, &out.join("adapter"))?;
+        config["lora"] = serde_json::to_value(&lora_cfg)?;
+    }
     std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)?)?;
     std::fs::copy(&tok_path, out.join("tokenizer.json"))?;
     println!(
@@ -340,13 +372,25 @@ fn predict(dir: &Path, texts: &[String], dev: &Device) -> Result<()> {
     // SAFETY: read-only memory map of a file this program wrote.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, dev) }
         .with_context(|| weights.display().to_string())?;
-    let model = BertForSequenceClassification::new(
+    let adapters = VarMap::new();
+    let lora_cfg: Option<LoraConfig> = raw
+        .get("lora")
+        .map(|v| serde_json::from_value(v.clone()))
+        .transpose()?;
+    let lora = lora_cfg
+        .as_ref()
+        .map(|c| (c, VarBuilder::from_varmap(&adapters, DType::F32, dev)));
+    let model = BertForSequenceClassification::new_with_lora(
         &cfg,
         num_labels,
         ProblemType::SingleLabelClassification,
         input,
         vb,
+        lora,
     )?;
+    if lora_cfg.is_some() {
+        load_adapters(&adapters, &dir.join("adapter"))?;
+    }
     let mut tok = tokenizer(&dir.join("tokenizer.json"), cfg.max_position_embeddings)?;
     tok.with_padding(Some(tokenizers::PaddingParams::default()));
     for text in texts {

@@ -204,3 +204,96 @@ fn problem_types_save_reload_and_a_short_run_learns() {
         m2.forward(&ids, &mask, false).unwrap().to_vec2::<f32>().unwrap()
     );
 }
+
+/// LoRA on BERT: adapters start as a no-op, only adapters (and the head) train, the merged model
+/// equals the unmerged one, and adapters saved alone reload to the same logits.
+#[test]
+fn lora_trains_adapters_only_and_merges_exactly() {
+    use candle_zoo::nn::lora::{load_adapters, save_adapters};
+    use candle_zoo::nn::LoraConfig;
+    let dev = Device::Cpu;
+    let (ids, mask, y) = batch();
+    let cfg = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["query".into(), "value".into()],
+    };
+    let base_vm = VarMap::new();
+    let plain = model(
+        &base_vm,
+        ClassifierInput::Pooler,
+        ProblemType::SingleLabelClassification,
+        2,
+    );
+    let build = |adapters: &VarMap| {
+        let vb = candle_zoo::nn::init::seeded_var_builder(&base_vm, 3, DType::F32, &dev);
+        let avb = VarBuilder::from_varmap(adapters, DType::F32, &dev);
+        BertForSequenceClassification::new_with_lora(
+            &tiny(),
+            2,
+            ProblemType::SingleLabelClassification,
+            ClassifierInput::Pooler,
+            vb,
+            Some((&cfg, avb)),
+        )
+        .unwrap()
+    };
+    let adapters = VarMap::new();
+    let mut m = build(&adapters);
+    // PEFT's names, on query and value only: 3 layers × 2 modules × (A, B).
+    let names: Vec<String> = adapters.data().lock().unwrap().keys().cloned().collect();
+    assert_eq!(names.len(), 12);
+    assert!(names.contains(&"bert.encoder.layer.0.attention.self.query.lora_A.weight".to_string()));
+    let before = plain
+        .forward(&ids, &mask, false)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_eq!(
+        m.forward(&ids, &mask, false).unwrap().to_vec2::<f32>().unwrap(),
+        before
+    );
+
+    m.set_strategy(FineTuneStrategy::Lora);
+    let mut params = named_params(&adapters).unwrap();
+    params.extend(
+        named_params(&base_vm)
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| FineTuneStrategy::Lora.trains(n, 3)),
+    );
+    let base_before = snapshot(&base_vm);
+    let mut opt = OptimizerConfig::adamw().build(params).unwrap();
+    for _ in 0..5 {
+        let loss = m.loss(&m.forward(&ids, &mask, true).unwrap(), &y).unwrap();
+        opt.step(&loss.backward().unwrap(), 1e-2).unwrap();
+    }
+    for ((name, a), (_, b)) in base_before.iter().zip(&snapshot(&base_vm)) {
+        if name.starts_with("bert.") && !name.starts_with("bert.pooler") {
+            assert_eq!(a, b, "frozen {name} changed under LoRA");
+        }
+    }
+    let after = m.forward(&ids, &mask, false).unwrap();
+    assert_ne!(after.to_vec2::<f32>().unwrap(), before, "adapters did not learn");
+    let merged = m.merged().unwrap().forward(&ids, &mask, false).unwrap();
+    let d = (&after - &merged)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-5, "merged differs by {d}");
+
+    let dir = tempfile::tempdir().unwrap();
+    save_adapters(&adapters, &cfg, dir.path()).unwrap();
+    let adapters2 = VarMap::new();
+    let m2 = build(&adapters2);
+    assert_eq!(load_adapters(&adapters2, dir.path()).unwrap(), cfg);
+    assert_eq!(
+        m2.forward(&ids, &mask, false).unwrap().to_vec2::<f32>().unwrap(),
+        after.to_vec2::<f32>().unwrap()
+    );
+}

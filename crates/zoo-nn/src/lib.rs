@@ -25,6 +25,7 @@ pub mod conv;
 pub mod feed_forward;
 pub mod init;
 pub mod linear;
+pub mod lora;
 pub mod masks;
 pub mod norm;
 pub mod positional;
@@ -35,6 +36,7 @@ pub use attention::{KvCache, MhaArgs, MhaOutput, MultiHeadAttention, MultiHeadAt
 pub use conv::Conv2d;
 pub use feed_forward::{FeedForward, FeedForwardConfig};
 pub use linear::Linear;
+pub use lora::{LoraConfig, LoraLinear};
 pub use norm::{LayerNorm, Norm, NormKind, RmsNorm};
 pub use positional::{LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding};
 pub use transformer::{

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use zoo_kernels::attention::{flash_attention, AttentionDropout, AttentionMask, AttentionOptions};
 use zoo_kernels::heads::{merge_heads, split_heads};
 use zoo_nn::init::linear_torch;
-use zoo_nn::{Activation, LayerNorm, Linear};
+use zoo_nn::{Activation, LayerNorm, Linear, LoraConfig, LoraLinear};
 
 /// Hugging Face's `BertConfig` (the fields a `BertModel` uses; others in `config.json` are
 /// ignored). Defaults are `bert-base-uncased`'s.
@@ -265,13 +265,13 @@ impl KeyMask {
 /// feed-forward (`intermediate`, `output`), each with a residual and LayerNorm.
 #[derive(Debug, Clone)]
 pub struct BertLayer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
+    query: LoraLinear,
+    key: LoraLinear,
+    value: LoraLinear,
+    attn_out: LoraLinear,
     attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: LoraLinear,
+    output: LoraLinear,
     out_norm: LayerNorm,
     activation: Activation,
     heads: usize,
@@ -280,18 +280,36 @@ pub struct BertLayer {
 }
 
 impl BertLayer {
-    /// Builds (or loads) `encoder.layer.N.*` through `vb`.
-    pub fn new(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+    /// Builds (or loads) `encoder.layer.N.*` through `vb`; with `lora`, the target modules
+    /// get adapters created through the second `VarBuilder` (at the same path).
+    pub fn new(cfg: &BertConfig, vb: VarBuilder, lora: Option<(&LoraConfig, VarBuilder)>) -> Result<Self> {
         let (h, f, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
-        let (sa, ao) = (vb.pp("attention").pp("self"), vb.pp("attention").pp("output"));
+        let lin = |i: usize, o: usize, path: &str| -> Result<LoraLinear> {
+            let mut base_vb = vb.clone();
+            for part in path.split('.') {
+                base_vb = base_vb.pp(part);
+            }
+            let base = linear_torch(i, o, true, base_vb)?;
+            match &lora {
+                Some((lc, avb)) if lc.targets(path) => {
+                    let mut a = avb.clone();
+                    for part in path.split('.') {
+                        a = a.pp(part);
+                    }
+                    LoraLinear::new(base, lc, a)
+                }
+                _ => Ok(LoraLinear::plain(base)),
+            }
+        };
+        let ao = vb.pp("attention").pp("output");
         Ok(Self {
-            query: linear_torch(h, h, true, sa.pp("query"))?,
-            key: linear_torch(h, h, true, sa.pp("key"))?,
-            value: linear_torch(h, h, true, sa.pp("value"))?,
-            attn_out: linear_torch(h, h, true, ao.pp("dense"))?,
+            query: lin(h, h, "attention.self.query")?,
+            key: lin(h, h, "attention.self.key")?,
+            value: lin(h, h, "attention.self.value")?,
+            attn_out: lin(h, h, "attention.output.dense")?,
             attn_norm: LayerNorm::new(h, eps, true, ao.pp("LayerNorm"))?,
-            intermediate: linear_torch(h, f, true, vb.pp("intermediate").pp("dense"))?,
-            output: linear_torch(f, h, true, vb.pp("output").pp("dense"))?,
+            intermediate: lin(h, f, "intermediate.dense")?,
+            output: lin(f, h, "output.dense")?,
             out_norm: LayerNorm::new(h, eps, true, vb.pp("output").pp("LayerNorm"))?,
             activation: cfg.activation()?,
             heads: cfg.num_attention_heads,
@@ -302,20 +320,20 @@ impl BertLayer {
 
     /// `x (batch, seq, hidden)` → same shape.
     pub fn forward(&self, x: &Tensor, mask: &KeyMask, train: bool) -> Result<Tensor> {
-        let heads = |l: &Linear| split_heads(&l.forward(x)?, self.heads);
+        let heads = |l: &LoraLinear| split_heads(&l.forward_t(x, train)?, self.heads);
         let (q, k, v) = (heads(&self.query)?, heads(&self.key)?, heads(&self.value)?);
         let mut opts = mask.options();
         if train && self.attn_dropout > 0.0 {
             opts.dropout = Some(AttentionDropout::new(self.attn_dropout));
         }
         let ctx = merge_heads(&flash_attention(&q, &k, &v, &opts)?)?;
-        let a = dropout(self.attn_out.forward(&ctx)?, self.hidden_dropout, train)?;
+        let a = dropout(self.attn_out.forward_t(&ctx, train)?, self.hidden_dropout, train)?;
         let x = self.attn_norm.forward(&(x + a)?)?;
         let inner = match self.activation {
-            Activation::Relu => self.intermediate.forward_relu(&x)?,
-            act => act.forward(&self.intermediate.forward(&x)?)?,
+            Activation::Relu => self.intermediate.forward_relu_t(&x, train)?,
+            act => act.forward(&self.intermediate.forward_t(&x, train)?)?,
         };
-        let y = dropout(self.output.forward(&inner)?, self.hidden_dropout, train)?;
+        let y = dropout(self.output.forward_t(&inner, train)?, self.hidden_dropout, train)?;
         self.out_norm.forward(&(x + y)?)
     }
 }
@@ -343,6 +361,18 @@ impl Bert {
     /// Builds (or loads) the model through `vb`; with `pooler`, also `pooler.dense`. A `bert.`
     /// prefix on the stored names is detected.
     pub fn new(cfg: &BertConfig, vb: VarBuilder, pooler: bool) -> Result<Self> {
+        Self::new_with_lora(cfg, vb, pooler, None)
+    }
+
+    /// [`Self::new`] with LoRA adapters on the modules `lora.0` targets (`"query"`, `"value"`,
+    /// …), created or loaded through `lora.1` under `encoder.layer.N.<module>.lora_{A,B}.weight`
+    /// (give it its own `VarMap`: those are the parameters that train).
+    pub fn new_with_lora(
+        cfg: &BertConfig,
+        vb: VarBuilder,
+        pooler: bool,
+        lora: Option<(&LoraConfig, VarBuilder)>,
+    ) -> Result<Self> {
         cfg.validate()?;
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
             vb.pp("bert")
@@ -353,7 +383,12 @@ impl Bert {
         Ok(Self {
             embeddings: BertEmbeddings::new(cfg, vb.pp("embeddings"))?,
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| BertLayer::new(cfg, enc.pp(i)))
+                .map(|i| {
+                    let adapter = lora
+                        .as_ref()
+                        .map(|(c, avb)| (*c, avb.pp("encoder").pp("layer").pp(i)));
+                    BertLayer::new(cfg, enc.pp(i), adapter)
+                })
                 .collect::<Result<_>>()?,
             pooler: if pooler {
                 Some(linear_torch(
@@ -377,6 +412,25 @@ impl Bert {
     /// The encoder layers (for freezing or fine-tuning the last k).
     pub fn layers(&self) -> &[BertLayer] {
         &self.layers
+    }
+
+    /// The same model with every LoRA update folded into its base weight (same outputs in
+    /// evaluation mode, no adapter cost).
+    pub fn merged(&self) -> Result<Self> {
+        let mut m = self.clone();
+        for l in &mut m.layers {
+            for lin in [
+                &mut l.query,
+                &mut l.key,
+                &mut l.value,
+                &mut l.attn_out,
+                &mut l.intermediate,
+                &mut l.output,
+            ] {
+                *lin = LoraLinear::plain(lin.merge()?);
+            }
+        }
+        Ok(m)
     }
 
     /// Last hidden states `(batch, seq, hidden)` for `input_ids (batch, seq)` (u32), an optional

@@ -6,7 +6,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use zoo_nn::init::linear_torch;
-use zoo_nn::Linear;
+use zoo_nn::{Linear, LoraConfig};
 
 /// What the labels are, as Hugging Face's `problem_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -45,6 +45,10 @@ pub enum FineTuneStrategy {
     LastK(usize),
     /// Everything.
     Full,
+    /// LoRA: the backbone is frozen but still differentiated through (its adapters, built with
+    /// [`BertForSequenceClassification::new_with_lora`] in their own `VarMap`, train), plus
+    /// the classifier and the pooler.
+    Lora,
 }
 
 impl FineTuneStrategy {
@@ -54,13 +58,16 @@ impl FineTuneStrategy {
         match *self {
             Self::Head => layers,
             Self::LastK(k) => layers.saturating_sub(k),
-            Self::Full => 0,
+            Self::Full | Self::Lora => 0,
         }
     }
 
     /// Whether the parameter `name` (Hugging Face naming, with or without `bert.`) trains.
     pub fn trains(&self, name: &str, layers: usize) -> bool {
         let name = name.strip_prefix("bert.").unwrap_or(name);
+        if *self == Self::Lora {
+            return !(name.starts_with("embeddings.") || name.starts_with("encoder."));
+        }
         let frozen = self.frozen_layers(layers);
         if frozen == 0 {
             return true;
@@ -96,11 +103,29 @@ impl BertForSequenceClassification {
         input: ClassifierInput,
         vb: VarBuilder,
     ) -> Result<Self> {
+        Self::new_with_lora(cfg, num_labels, problem_type, input, vb, None)
+    }
+
+    /// [`Self::new`] with LoRA adapters (PEFT names: `bert.encoder.layer.N.<module>.lora_A.weight`)
+    /// created or loaded through the second `VarBuilder`.
+    pub fn new_with_lora(
+        cfg: &BertConfig,
+        num_labels: usize,
+        problem_type: ProblemType,
+        input: ClassifierInput,
+        vb: VarBuilder,
+        lora: Option<(&LoraConfig, VarBuilder)>,
+    ) -> Result<Self> {
         if num_labels == 0 {
             candle_core::bail!("BertForSequenceClassification: num_labels must be at least 1");
         }
         Ok(Self {
-            bert: Bert::new(cfg, vb.pp("bert"), input == ClassifierInput::Pooler)?,
+            bert: Bert::new_with_lora(
+                cfg,
+                vb.pp("bert"),
+                input == ClassifierInput::Pooler,
+                lora.map(|(c, avb)| (c, avb.pp("bert"))),
+            )?,
             classifier: linear_torch(cfg.hidden_size, num_labels, true, vb.pp("classifier"))?,
             input,
             problem_type,
@@ -119,6 +144,14 @@ impl BertForSequenceClassification {
     /// The backbone.
     pub fn bert(&self) -> &Bert {
         &self.bert
+    }
+
+    /// The same classifier with LoRA updates folded into the backbone's weights.
+    pub fn merged(&self) -> Result<Self> {
+        Ok(Self {
+            bert: self.bert.merged()?,
+            ..self.clone()
+        })
     }
 
     /// The problem type (which loss [`Self::loss`] uses).

@@ -9,7 +9,7 @@
 mod common;
 
 use candle_zoo::candle_core::{DType, Device, Tensor, D};
-use candle_zoo::data::hub::{seed_model_cache, HubOptions};
+use candle_zoo::data::hub::{seed_model_dir, HubOptions};
 use candle_zoo::models::text::{Bert, SentenceEncoder};
 use std::path::{Path, PathBuf};
 
@@ -104,14 +104,8 @@ fn loads_from_a_hub_cache_offline_and_reports_what_is_missing() {
         err.to_string().contains("config.json") && err.to_string().contains("offline"),
         "{err}"
     );
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "sentence_bert_config.json",
-    ] {
-        seed_model_cache(cache.path(), repo, commit, f, &dir.join(f)).expect("seed");
-    }
+    let snapshot = seed_model_dir(cache.path(), repo, commit, &dir).expect("seed");
+    assert!(snapshot.join("1_Pooling/config.json").is_file());
     let enc = SentenceEncoder::from_pretrained(repo, &offline, &Device::Cpu).expect("from the cache");
     let local =
         SentenceEncoder::from_pretrained(dir.to_str().expect("utf-8"), &offline, &Device::Cpu).expect("dir");

@@ -135,6 +135,40 @@ pub fn seed_model_cache(
     seed_cache(RepoKind::Model, cache_dir, repo_id, commit, file, src)
 }
 
+/// Copies every file of the folder `src_dir` (recursively, keeping relative paths) into the
+/// hub cache as model repository `repo_id` at `commit`: how a model shipped by a registry
+/// package or copied from another machine becomes loadable by its hub id, offline. Returns the
+/// snapshot folder.
+pub fn seed_model_dir(cache_dir: &Path, repo_id: &str, commit: &str, src_dir: &Path) -> Result<PathBuf> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+            let path = entry.map_err(|e| DataError::io(dir, e))?.path();
+            if path.is_dir() {
+                walk(&path, base, out)?;
+            } else if let Ok(rel) = path.strip_prefix(base) {
+                out.push(rel.to_path_buf());
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(src_dir, src_dir, &mut files)?;
+    if files.is_empty() {
+        return Err(DataError::NotFound(format!(
+            "{}: no files to put in the hub cache",
+            src_dir.display()
+        )));
+    }
+    for rel in &files {
+        let name = rel.to_string_lossy().replace('\\', "/");
+        seed_model_cache(cache_dir, repo_id, commit, &name, &src_dir.join(rel))?;
+    }
+    Ok(cache_dir
+        .join(format!("models--{}", repo_id.replace('/', "--")))
+        .join("snapshots")
+        .join(commit))
+}
+
 /// Places `src` into the cache layout of either kind of repository.
 pub fn seed_cache(
     kind: RepoKind,

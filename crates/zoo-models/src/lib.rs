@@ -26,5 +26,8 @@
 
 #![warn(missing_docs)]
 
+pub use head::ClassificationHead;
+
+pub mod head;
 pub mod text;
 pub mod vision;

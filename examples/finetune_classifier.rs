@@ -25,7 +25,7 @@ use candle_zoo::models::text::{
     BertConfig, BertForSequenceClassification, ClassifierInput, FineTuneStrategy, PretrainedFiles,
     ProblemType,
 };
-use candle_zoo::nn::lora::{load_adapters, save_adapters};
+use candle_zoo::nn::lora::save_adapters;
 use candle_zoo::nn::LoraConfig;
 use candle_zoo::train::optim::named_params;
 use candle_zoo::train::{BatchModel, LrSchedule, OptimizerConfig, ProgressMode, Trainer, TrainerConfig};
@@ -365,33 +365,15 @@ fn predict(dir: &Path, texts: &[String], dev: &Device) -> Result<()> {
         &std::fs::read_to_string(&cfg_path)
             .with_context(|| format!("{}: train a model first", cfg_path.display()))?,
     )?;
-    let cfg: BertConfig = serde_json::from_value(raw.clone())?;
-    let num_labels = raw["num_labels"].as_u64().context("config.json: num_labels")? as usize;
-    let input: ClassifierInput = serde_json::from_value(raw["classifier_input"].clone())?;
-    let weights = dir.join("model.safetensors");
-    // SAFETY: read-only memory map of a file this program wrote.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, dev) }
-        .with_context(|| weights.display().to_string())?;
-    let adapters = VarMap::new();
-    let lora_cfg: Option<LoraConfig> = raw
-        .get("lora")
-        .map(|v| serde_json::from_value(v.clone()))
-        .transpose()?;
-    let lora = lora_cfg
-        .as_ref()
-        .map(|c| (c, VarBuilder::from_varmap(&adapters, DType::F32, dev)));
-    let model = BertForSequenceClassification::new_with_lora(
-        &cfg,
-        num_labels,
-        ProblemType::SingleLabelClassification,
-        input,
-        vb,
-        lora,
+    let (model, files) = BertForSequenceClassification::from_pretrained(
+        dir.to_str().context("run directory path is not UTF-8")?,
+        &HubOptions::default(),
+        dev,
     )?;
-    if lora_cfg.is_some() {
-        load_adapters(&adapters, &dir.join("adapter"))?;
-    }
-    let mut tok = tokenizer(&dir.join("tokenizer.json"), cfg.max_position_embeddings)?;
+    let tok_path = files
+        .tokenizer
+        .context("the run directory has no tokenizer.json")?;
+    let mut tok = tokenizer(&tok_path, model.bert().config().max_position_embeddings)?;
     tok.with_padding(Some(tokenizers::PaddingParams::default()));
     for text in texts {
         let enc = tok

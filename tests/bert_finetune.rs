@@ -297,3 +297,53 @@ fn lora_trains_adapters_only_and_merges_exactly() {
         after.to_vec2::<f32>().unwrap()
     );
 }
+
+/// A fine-tuned classifier saved as weights + config reloads through `from_pretrained(dir)`
+/// with identical logits (what `finetune_classifier --predict` does).
+#[test]
+fn from_pretrained_reloads_a_saved_classifier() {
+    use candle_zoo::data::hub::HubOptions;
+    let (ids, mask, _) = batch();
+    let vm = VarMap::new();
+    let m = model(
+        &vm,
+        ClassifierInput::MeanPooling,
+        ProblemType::SingleLabelClassification,
+        3,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    vm.save(dir.path().join("model.safetensors")).unwrap();
+    let mut cfg = serde_json::to_value(tiny()).unwrap();
+    cfg["id2label"] = serde_json::json!({"0": "a", "1": "b", "2": "c"});
+    cfg["classifier_input"] = serde_json::to_value(ClassifierInput::MeanPooling).unwrap();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let (loaded, files) = BertForSequenceClassification::from_pretrained(
+        dir.path().to_str().unwrap(),
+        &HubOptions::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(files.tokenizer.is_none());
+    assert_eq!(
+        m.forward(&ids, &mask, false).unwrap().to_vec2::<f32>().unwrap(),
+        loaded
+            .forward(&ids, &mask, false)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    );
+    // Without num_labels / id2label the config is rejected with a message.
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string(&tiny()).unwrap(),
+    )
+    .unwrap();
+    let e = BertForSequenceClassification::from_pretrained(
+        dir.path().to_str().unwrap(),
+        &HubOptions::default(),
+        &Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("num_labels"), "{e}");
+}

@@ -2,6 +2,7 @@
 //! through hf-hub's cache (offline mode respected, see `zoo_data::hub`).
 
 use super::bert::{Bert, BertConfig};
+use super::classify::{BertForSequenceClassification, ClassifierInput, ProblemType};
 use candle_core::{DType, Device, Result};
 use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
@@ -206,4 +207,55 @@ pub fn load_into_varmap(varmap: &candle_nn::VarMap, path: &Path) -> Result<Vec<S
     }
     missing.sort();
     Ok(missing)
+}
+
+impl BertForSequenceClassification {
+    /// Loads a fine-tuned classifier saved as `model.safetensors` (`bert.*`, `classifier.*`) +
+    /// `config.json` (the BERT config plus `num_labels` or `id2label`, optional `problem_type`
+    /// and `classifier_input`) from a directory or hub repository; LoRA adapters are loaded
+    /// from `adapter/` when the config has a `lora` entry. Returns the files too.
+    pub fn from_pretrained(
+        repo_or_dir: &str,
+        opts: &HubOptions,
+        device: &Device,
+    ) -> Result<(Self, PretrainedFiles)> {
+        let files = PretrainedFiles::resolve(repo_or_dir, opts)?;
+        let text = std::fs::read_to_string(&files.config)
+            .map_err(|e| msg(format!("{}: {e}", files.config.display())))?;
+        let raw: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| msg(format!("{}: invalid JSON: {e}", files.config.display())))?;
+        let cfg = BertConfig::from_json(&text)?;
+        let num_labels = raw
+            .get("num_labels")
+            .and_then(|v| v.as_u64())
+            .map(|n| n as usize)
+            .or_else(|| raw.get("id2label").and_then(|m| m.as_object()).map(|m| m.len()))
+            .ok_or_else(|| {
+                msg(format!(
+                    "{}: neither num_labels nor id2label",
+                    files.config.display()
+                ))
+            })?;
+        let field = |k: &str| raw.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        let problem_type: ProblemType = serde_json::from_value(field("problem_type")).unwrap_or_default();
+        let input: ClassifierInput = serde_json::from_value(field("classifier_input")).unwrap_or_default();
+        let vb = files.var_builder(DType::F32, device)?;
+        let lora_cfg: Option<zoo_nn::LoraConfig> = match raw.get("lora") {
+            Some(v) => Some(
+                serde_json::from_value(v.clone())
+                    .map_err(|e| msg(format!("{}: lora: {e}", files.config.display())))?,
+            ),
+            None => None,
+        };
+        let adapters = candle_nn::VarMap::new();
+        let lora = lora_cfg
+            .as_ref()
+            .map(|c| (c, VarBuilder::from_varmap(&adapters, DType::F32, device)));
+        let model = Self::new_with_lora(&cfg, num_labels, problem_type, input, vb, lora)?;
+        if lora_cfg.is_some() {
+            let dir = files.config.parent().unwrap_or(Path::new(".")).join("adapter");
+            zoo_nn::lora::load_adapters(&adapters, &dir)?;
+        }
+        Ok((model, files))
+    }
 }

@@ -22,8 +22,8 @@ use candle_zoo::data::hub::HubOptions;
 use candle_zoo::data::{read_labelled_tsv, Batch, BatchSource, ClassificationBatches};
 use candle_zoo::models::text::pretrained::load_into_varmap;
 use candle_zoo::models::text::{
-    BertConfig, BertForSequenceClassification, ClassifierInput, FineTuneStrategy, PretrainedFiles,
-    ProblemType,
+    layer_lr_scale, BertConfig, BertForSequenceClassification, ClassifierInput, FineTuneStrategy,
+    PretrainedFiles, ProblemType,
 };
 use candle_zoo::nn::lora::save_adapters;
 use candle_zoo::nn::LoraConfig;
@@ -72,6 +72,10 @@ struct Args {
     /// Layers trained by `--strategy last-k`.
     #[arg(long, default_value_t = 2)]
     k: usize,
+    /// Discriminative learning rates: encoder layer i trains at lr · decay^(layers − i), the
+    /// embeddings at lr · decay^(layers + 1), the head at lr (1 = one rate for all).
+    #[arg(long, default_value_t = 1.0)]
+    layer_decay: f64,
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     lora_r: usize,
@@ -319,8 +323,10 @@ fn main() -> Result<()> {
     };
     let started = Instant::now();
     let budget = args.minutes * 60.0;
+    let layer_decay = args.layer_decay;
     let report = Trainer::new(tcfg, &vm)?
         .with_params(params)
+        .with_lr_scales(move |name| layer_lr_scale(name, layers, layer_decay))
         .on_epoch_end(move |_| {
             if started.elapsed().as_secs_f64() >= budget {
                 ControlFlow::Break(())

@@ -13,7 +13,7 @@ use crate::curves::write_curves_svg;
 use crate::error::{Result, TrainError};
 use crate::metrics::{EpochMetrics, EvalMetrics, Running};
 use crate::objective::{CrossEntropy, Objective};
-use crate::optim::{named_params, NamedParams, Optimizer, OptimizerConfig};
+use crate::optim::{named_params, GroupedOptimizer, NamedParams, Optimizer, OptimizerConfig};
 use crate::progress::{EpochProgress, ProgressMode};
 use crate::schedule::LrSchedule;
 use candle_core::{DType, ModuleT, Tensor};
@@ -133,9 +133,14 @@ pub struct Trainer {
     cfg: TrainerConfig,
     varmap: VarMap,
     params: NamedParams,
+    /// Learning-rate multiplier per parameter name.
+    lr_scale: Option<LrScale>,
     objective: Box<dyn Objective>,
     on_epoch_end: Option<EpochHook>,
 }
+
+/// A learning-rate multiplier for a parameter name.
+type LrScale = Box<dyn Fn(&str) -> f64>;
 
 impl Trainer {
     /// A trainer that optimizes every variable of `varmap` with cross-entropy.
@@ -156,6 +161,7 @@ impl Trainer {
         }
         Ok(Self {
             params: named_params(varmap)?,
+            lr_scale: None,
             varmap: varmap.clone(),
             cfg,
             objective: Box::new(CrossEntropy),
@@ -167,6 +173,14 @@ impl Trainer {
     /// `varmap` is still saved in checkpoints.
     pub fn with_params(mut self, params: NamedParams) -> Self {
         self.params = params;
+        self
+    }
+
+    /// Discriminative learning rates: parameter `name` is updated with `lr · scale(name)`
+    /// (e.g. layer-wise decay when fine-tuning a pretrained encoder). Parameters with equal
+    /// scales share one optimizer group.
+    pub fn with_lr_scales(mut self, scale: impl Fn(&str) -> f64 + 'static) -> Self {
+        self.lr_scale = Some(Box::new(scale));
         self
     }
 
@@ -206,7 +220,21 @@ impl Trainer {
             return Err(TrainError::Config("the training set is empty".into()));
         }
         let total_steps = steps_per_epoch * self.cfg.epochs;
-        let mut optimizer = self.cfg.optimizer.build(self.params.clone())?;
+        let mut optimizer: Box<dyn Optimizer> = match &self.lr_scale {
+            None => self.cfg.optimizer.build(self.params.clone())?,
+            Some(scale_of) => {
+                // Group by scale (bit pattern: scales are compared exactly), in first-seen order.
+                let mut groups: Vec<(f64, NamedParams)> = Vec::new();
+                for (name, var) in &self.params {
+                    let s = scale_of(name);
+                    match groups.iter_mut().find(|(g, _)| g.to_bits() == s.to_bits()) {
+                        Some((_, ps)) => ps.push((name.clone(), var.clone())),
+                        None => groups.push((s, vec![(name.clone(), var.clone())])),
+                    }
+                }
+                Box::new(GroupedOptimizer::new(&self.cfg.optimizer, groups)?)
+            }
+        };
         let mut state = TrainerState {
             epoch: 0,
             global_step: 0,

@@ -83,6 +83,23 @@ impl FineTuneStrategy {
     }
 }
 
+/// Layer-wise learning-rate decay (discriminative fine-tuning): the multiplier for parameter
+/// `name` of a `layers`-layer BERT — 1 for the classifier and pooler, `decay^(layers − i)` for
+/// encoder layer `i`, `decay^(layers + 1)` for the embeddings. Give it to
+/// `zoo_train::Trainer::with_lr_scales`.
+pub fn layer_lr_scale(name: &str, layers: usize, decay: f64) -> f64 {
+    let name = name.strip_prefix("bert.").unwrap_or(name);
+    let depth = if name.starts_with("embeddings.") {
+        layers + 1
+    } else if let Some(rest) = name.strip_prefix("encoder.layer.") {
+        let i: usize = rest.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        layers.saturating_sub(i)
+    } else {
+        0
+    };
+    decay.powi(depth as i32)
+}
+
 /// A BERT encoder with a linear classifier on top.
 #[derive(Debug, Clone)]
 pub struct BertForSequenceClassification {
@@ -188,5 +205,20 @@ impl BertForSequenceClassification {
                 candle_nn::loss::mse(logits, &labels)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_decay_scales_by_depth() {
+        let s = |n: &str| layer_lr_scale(n, 6, 0.5);
+        assert_eq!(s("classifier.weight"), 1.0);
+        assert_eq!(s("bert.pooler.dense.weight"), 1.0);
+        assert_eq!(s("bert.encoder.layer.5.output.dense.weight"), 0.5);
+        assert_eq!(s("encoder.layer.0.attention.self.query.bias"), 0.5f64.powi(6));
+        assert_eq!(s("bert.embeddings.word_embeddings.weight"), 0.5f64.powi(7));
     }
 }

@@ -11,7 +11,9 @@ pub mod sentence;
 pub mod seq2seq;
 
 pub use bert::{pool_sentences, Bert, BertConfig, Pooling};
-pub use classify::{BertForSequenceClassification, ClassifierInput, FineTuneStrategy, ProblemType};
+pub use classify::{
+    layer_lr_scale, BertForSequenceClassification, ClassifierInput, FineTuneStrategy, ProblemType,
+};
 pub use gpt::{Gpt, GptConfig, PositionKind};
 pub use pretrained::PretrainedFiles;
 pub use sampling::{Sampler, SamplingConfig};

@@ -5,9 +5,11 @@
 //! momentum and weight decay that candle-nn's `SGD` lacks, with PyTorch's semantics.
 
 mod adamw;
+mod groups;
 mod sgd;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use groups::GroupedOptimizer;
 pub use sgd::{Sgd, SgdConfig};
 
 use candle_core::backprop::GradStore;

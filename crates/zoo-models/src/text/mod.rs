@@ -3,6 +3,7 @@
 //! weights from the Hugging Face hub layout (sentence embeddings as sentence-transformers).
 
 pub mod bert;
+pub mod bert_tasks;
 pub mod classify;
 pub mod gpt;
 pub mod pretrained;
@@ -11,6 +12,7 @@ pub mod sentence;
 pub mod seq2seq;
 
 pub use bert::{pool_sentences, Bert, BertConfig, Pooling};
+pub use bert_tasks::{BertForQuestionAnswering, BertForTokenClassification};
 pub use classify::{
     layer_lr_scale, BertForSequenceClassification, ClassifierInput, FineTuneStrategy, ProblemType,
 };

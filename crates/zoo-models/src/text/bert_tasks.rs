@@ -22,7 +22,7 @@ pub fn cross_entropy_ignoring(logits: &Tensor, labels: &Tensor) -> Result<Tensor
     let picked = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
     let w = keep.to_dtype(logits.dtype())?;
     let count = w.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
-    ((picked * w)?.sum_all()?.neg()? / count)
+    (picked * w)?.sum_all()?.neg()? / count
 }
 
 /// BERT with a per-token classifier (named-entity tagging, chunking).

@@ -36,6 +36,7 @@ mod gemm;
 pub mod heads;
 mod host;
 pub mod linear;
+mod math;
 pub mod norm;
 mod parallel;
 pub mod pool;

@@ -25,12 +25,25 @@ fn blocks(n: usize, min: usize) -> usize {
     n.div_ceil(n.div_ceil(crate::parallel::threads()).max(min))
 }
 
-/// `x (…, in) · weightᵀ + bias`, ReLU-ed when `relu`; `weight (out, in)`, `bias (out,)`;
-/// output `(…, out)`. Differentiable in all three.
+/// The activation applied inside [`linear`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Act {
+    /// None: `x Wᵀ + b`.
+    #[default]
+    Identity,
+    /// `max(·, 0)`; the backward masks with the output.
+    Relu,
+    /// Exact (erf) GELU, as PyTorch's `gelu` and BERT's `"gelu"`; the backward uses the
+    /// pre-activation, which the op keeps.
+    Gelu,
+}
+
+/// `act(x (…, in) · weightᵀ + bias)`; `weight (out, in)`, `bias (out,)`; output `(…, out)`.
+/// Differentiable in all three.
 ///
 /// Fused on the CPU for f32 (unless [`crate::set_fused_kernels`] turned the kernels off);
 /// candle's `matmul` + `broadcast_add` (+ `relu`) elsewhere, with the same results.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
     let in_dim = x.dim(D::Minus1)?;
     let (out_dim, w_in) = weight.dims2()?;
     if w_in != in_dim {
@@ -58,13 +71,13 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, relu: bool) ->
         };
         return x
             .contiguous()?
-            .apply_op3(&weight.contiguous()?, &bias, LinearOp { relu });
+            .apply_op3(&weight.contiguous()?, &bias, LinearOp::new(act));
     }
-    linear_composed(x, weight, bias, relu)
+    linear_composed(x, weight, bias, act)
 }
 
 /// [`linear`] from candle's ops: the fallback, and the reference it is tested against.
-pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
     let dims = x.dims();
     let in_dim = x.dim(D::Minus1)?;
     let (out_dim, _) = weight.dims2()?;
@@ -73,9 +86,11 @@ pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, relu:
     if let Some(b) = bias {
         y = y.broadcast_add(b)?;
     }
-    if relu {
-        y = y.relu()?;
-    }
+    y = match act {
+        Act::Identity => y,
+        Act::Relu => y.relu()?,
+        Act::Gelu => y.gelu_erf()?,
+    };
     let mut out_dims = dims.to_vec();
     if let Some(last) = out_dims.last_mut() {
         *last = out_dim;
@@ -85,7 +100,18 @@ pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, relu:
 
 /// The fused op over `(x, weight, bias)`, all contiguous f32.
 struct LinearOp {
-    relu: bool,
+    act: Act,
+    /// GELU's pre-activation, kept by the forward pass for the backward pass.
+    pre: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl LinearOp {
+    fn new(act: Act) -> Self {
+        Self {
+            act,
+            pre: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 multiversion! {
@@ -107,6 +133,25 @@ multiversion! {
 }
 
 multiversion! {
+    /// `pre ← v`, then `v ← gelu(v)`.
+    fn gelu_in_place(v: &mut [f32], pre: &mut [f32]) {
+        for (x, p) in v.iter_mut().zip(pre.iter_mut()) {
+            *p = *x;
+            *x = crate::math::gelu_f32(*x);
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[i] = g[i] · gelu'(pre[i])`.
+    fn gelu_grad(dst: &mut [f32], g: &[f32], pre: &[f32]) {
+        for ((d, &g), &p) in dst.iter_mut().zip(g).zip(pre) {
+            *d = g * crate::math::gelu_grad_f32(p);
+        }
+    }
+}
+
+multiversion! {
     /// `dst[i] = g[i]` where `y[i] > 0`, else 0.
     fn relu_mask(dst: &mut [f32], g: &[f32], y: &[f32]) {
         for ((d, &g), &y) in dst.iter_mut().zip(g).zip(y) {
@@ -119,12 +164,14 @@ fn cpu_f32<'a>(s: &'a Storage, l: &Layout, name: &str) -> Result<&'a [f32]> {
     crate::host::storage_f32(s, l, "linear", name)
 }
 
-/// `y (rows, out) = relu?(x (rows, in) · wᵀ + b)`.
-fn forward(x: &[f32], w: &[f32], b: &[f32], relu: bool) -> Vec<f32> {
+/// `y (rows, out) = act(x (rows, in) · wᵀ + b)`, and GELU's pre-activation.
+fn forward(x: &[f32], w: &[f32], b: &[f32], act: Act) -> (Vec<f32>, Option<Vec<f32>>) {
     let (out, inp) = (b.len(), w.len() / b.len());
     let rows = x.len() / inp;
     let mut y = vec![0f32; rows * out];
+    let mut pre = (act == Act::Gelu).then(|| vec![0f32; rows * out]);
     let yw = DisjointMut::new(&mut y);
+    let pw = pre.as_mut().map(|p| DisjointMut::new(p.as_mut_slice()));
     let per = rows.div_ceil(blocks(rows, 16));
     for_each_index(rows.div_ceil(per), |t| {
         let r0 = t * per;
@@ -141,11 +188,14 @@ fn forward(x: &[f32], w: &[f32], b: &[f32], relu: bool) -> Vec<f32> {
             MatRef::rows(&x[r0 * inp..], inp),
             MatRef::transposed(w, inp),
         );
-        if relu {
-            relu_in_place(dst);
+        match (act, &pw) {
+            (Act::Relu, _) => relu_in_place(dst),
+            // SAFETY: task t owns the same rows of the pre-activation buffer.
+            (Act::Gelu, Some(pw)) => gelu_in_place(dst, unsafe { pw.range_mut(r0 * out, r * out) }),
+            _ => {}
         }
     });
-    y
+    (y, pre)
 }
 
 /// `(dx, dW, db)` for the output gradient `g (rows, out)`; `y` is the op's output (ReLU mask).
@@ -156,24 +206,25 @@ fn backward(
     y: &[f32],
     g: &[f32],
     out: usize,
-    relu: bool,
+    act: Act,
+    pre: Option<&[f32]>,
     want: (bool, bool, bool),
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
     let inp = w.len() / out;
     let rows = g.len() / out;
     let masked;
-    let g = if relu {
+    let g = if act != Act::Identity {
         let mut m = vec![0f32; g.len()];
         let mw = DisjointMut::new(&mut m);
         for_each_index(rows.div_ceil(ROWS_PER_TASK), |t| {
             let r0 = t * ROWS_PER_TASK;
             let span = r0 * out..(r0 + ROWS_PER_TASK).min(rows) * out;
             // SAFETY: task t owns these rows.
-            relu_mask(
-                unsafe { mw.range_mut(span.start, span.len()) },
-                &g[span.clone()],
-                &y[span],
-            );
+            let dst = unsafe { mw.range_mut(span.start, span.len()) };
+            match pre {
+                Some(p) => gelu_grad(dst, &g[span.clone()], &p[span]),
+                None => relu_mask(dst, &g[span.clone()], &y[span]),
+            }
         });
         masked = m;
         &masked[..]
@@ -250,7 +301,12 @@ impl CustomOp3 for LinearOp {
         if let Some(last) = dims.last_mut() {
             *last = b.len();
         }
-        Ok((CpuStorage::F32(forward(x, w, b, self.relu)), Shape::from(dims)))
+        let (y, pre) = forward(x, w, b, self.act);
+        *self
+            .pre
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("linear: state lock poisoned".into()))? = pre;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
     fn bwd(
@@ -267,6 +323,13 @@ impl CustomOp3 for LinearOp {
         }
         let grad = grad.contiguous()?;
         let out = bias.dim(0)?;
+        let pre_guard = self
+            .pre
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("linear: state lock poisoned".into()))?;
+        if self.act == Act::Gelu && pre_guard.is_none() {
+            candle_core::bail!("linear: backward called before the forward pass ran");
+        }
         let (dx, dw, db) = {
             let (xs, xl) = x.storage_and_layout();
             let (ws, wl) = weight.storage_and_layout();
@@ -278,7 +341,8 @@ impl CustomOp3 for LinearOp {
                 cpu_f32(&ys, yl, "output")?,
                 cpu_f32(&gs, gl, "gradient")?,
                 out,
-                self.relu,
+                self.act,
+                pre_guard.as_deref(),
                 want,
             )
         };
@@ -311,7 +375,7 @@ mod tests {
             (&[129, 1024], 1024, 3),
         ];
         for (i, &(xs, inp, out)) in cases.iter().enumerate() {
-            let relu = i % 2 == 0;
+            let act = [Act::Relu, Act::Identity, Act::Gelu][i % 3];
             let with_bias = i != 3;
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, xs, &dev)?)?;
             let w = Var::from_tensor(&Tensor::randn(0f32, 0.2, (out, inp), &dev)?)?;
@@ -322,9 +386,9 @@ mod tests {
             let probe = Tensor::randn(0f32, 1.0, out_shape.as_slice(), &dev)?;
             let run = |fused: bool| -> Result<Vec<Tensor>> {
                 let y = if fused {
-                    linear(&x, &w, bias, relu)?
+                    linear(&x, &w, bias, act)?
                 } else {
-                    linear_composed(&x, &w, bias, relu)?
+                    linear_composed(&x, &w, bias, act)?
                 };
                 let g = (&y * &probe)?.sum_all()?.backward()?;
                 let mut v = vec![y, g.get(&x).expect("dx").clone(), g.get(&w).expect("dw").clone()];
@@ -351,11 +415,11 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (6, 5), &dev)?; // data: no gradient
         let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5), &dev)?)?;
-        let g = linear(&x, &w, None, false)?.sum_all()?.backward()?;
+        let g = linear(&x, &w, None, Act::Identity)?.sum_all()?.backward()?;
         assert!(g.get(&x).is_none() && g.get(&w).is_some());
-        let e = linear(&x, &Tensor::zeros((3, 4), DType::F32, &dev)?, None, false);
+        let e = linear(&x, &Tensor::zeros((3, 4), DType::F32, &dev)?, None, Act::Identity);
         assert!(e.expect_err("shape").to_string().contains("5 features"));
-        let e = linear(&x, &w, Some(&Tensor::zeros(4, DType::F32, &dev)?), false);
+        let e = linear(&x, &w, Some(&Tensor::zeros(4, DType::F32, &dev)?), Act::Identity);
         assert!(e.expect_err("bias").to_string().contains("bias must be (3,)"));
         Ok(())
     }

@@ -75,6 +75,7 @@ impl FeedForward {
         let h = match &self.gate {
             // ReLU runs inside the fused linear op (one autograd node instead of two).
             None if self.activation == Activation::Relu => self.linear1.forward_relu(x)?,
+            None if self.activation == Activation::Gelu => self.linear1.forward_gelu(x)?,
             None => self.activation.forward(&self.linear1.forward(x)?)?,
             Some(g) => (self.activation.forward(&g.forward(x)?)? * self.linear1.forward(x)?)?,
         };

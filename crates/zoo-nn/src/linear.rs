@@ -36,13 +36,28 @@ impl Linear {
 /// `x (…, in) · wᵀ (+ b)` with `w (out, in)`: leading dimensions folded into one matmul.
 /// Shapes are checked there: a mismatch names the input's and the weight's sizes.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    zoo_kernels::linear::linear(x, w, b, false)
+    zoo_kernels::linear::linear(x, w, b, zoo_kernels::linear::Act::Identity)
 }
 
 impl Linear {
     /// `relu(x Wᵀ + b)`; on the CPU one fused op whose backward applies ReLU's mask itself.
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
-        zoo_kernels::linear::linear(x, &self.weight, self.bias.as_ref(), true)
+        zoo_kernels::linear::linear(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            zoo_kernels::linear::Act::Relu,
+        )
+    }
+
+    /// `gelu(x Wᵀ + b)` (exact erf GELU); on the CPU one fused op with a vectorized GELU.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        zoo_kernels::linear::linear(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            zoo_kernels::linear::Act::Gelu,
+        )
     }
 }
 

@@ -133,6 +133,14 @@ impl LoraLinear {
         }
     }
 
+    /// `gelu(forward_t(x))` (exact GELU), fused when there is no adapter.
+    pub fn forward_gelu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.adapter {
+            None => self.base.forward_gelu(x),
+            Some(_) => self.forward_t(x, train)?.gelu_erf(),
+        }
+    }
+
     /// A plain `Linear` with the update folded in: `W + (α/r)·B·A` (the same outputs in
     /// evaluation mode, at the base layer's cost).
     pub fn merge(&self) -> Result<Linear> {

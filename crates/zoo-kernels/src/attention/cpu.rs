@@ -16,6 +16,7 @@
 
 use super::dropout::DropoutParams;
 use super::microkernel::{nn, tn};
+use crate::math::exp_f32;
 use crate::parallel::{for_each_index, DisjointMut};
 
 /// Query rows per block.
@@ -74,38 +75,6 @@ impl Params<'_> {
             hi = hi.min((i + nk + 1).saturating_sub(nq));
         }
         hi
-    }
-}
-
-/// `exp(x)` for the softmax: within ~2e-7 relative, branch-free so loops over it vectorize.
-/// Returns exactly 0 for `x < -87.3` (including `-inf`). `mul_add` becomes an FMA in the
-/// AVX2/AVX-512 builds of the loops that inline it.
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    // x = n·ln2 + r with |r| <= ln2/2; ln2 split in two (Cody–Waite) so n·LN2_HI is exact.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let xc = x.clamp(-88.0, 88.0);
-    // Round to nearest with the 1.5·2^23 trick: after the addition the float's low mantissa
-    // bits hold the integer n, and subtracting gives n as a float (exact, |n| <= 127).
-    let t = xc.mul_add(std::f32::consts::LOG2_E, 12_582_912.0);
-    let n = t - 12_582_912.0;
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
-    // e^r by its Taylor series to degree 7: error < 1e-8 for |r| <= 0.35.
-    let p = r.mul_add(1.0 / 5040.0, 1.0 / 720.0);
-    let p = p.mul_add(r, 1.0 / 120.0);
-    let p = p.mul_add(r, 1.0 / 24.0);
-    let p = p.mul_add(r, 1.0 / 6.0);
-    let p = p.mul_add(r, 0.5);
-    let p = p.mul_add(r, 1.0);
-    let p = p.mul_add(r, 1.0);
-    // 2^n built from t's bits: bits(t) = 0x4B40_0000 + n, so (bits − 0x4B40_0000 + 127) << 23
-    // is the exponent field of 2^n. No float-to-int conversion: it would not vectorize.
-    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
-    if x < -87.3 {
-        0.0
-    } else {
-        p * scale
     }
 }
 

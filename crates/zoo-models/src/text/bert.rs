@@ -331,6 +331,7 @@ impl BertLayer {
         let x = self.attn_norm.forward(&(x + a)?)?;
         let inner = match self.activation {
             Activation::Relu => self.intermediate.forward_relu_t(&x, train)?,
+            Activation::Gelu => self.intermediate.forward_gelu_t(&x, train)?,
             act => act.forward(&self.intermediate.forward_t(&x, train)?)?,
         };
         let y = dropout(self.output.forward_t(&inner, train)?, self.hidden_dropout, train)?;

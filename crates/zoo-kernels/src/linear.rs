@@ -65,13 +65,15 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, act: Act) -> R
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     let fused = crate::fused_kernels() && f32_cpu(x) && f32_cpu(weight) && bias.is_none_or(f32_cpu);
     if fused && x.elem_count() > 0 && out_dim > 0 {
+        // Inference (nothing tracks a gradient): GELU's pre-activation need not be kept.
+        let needs_grad = x.track_op() || weight.track_op() || bias.is_some_and(|b| b.track_op());
         let bias = match bias {
             Some(b) => b.contiguous()?,
             None => Tensor::zeros(out_dim, DType::F32, x.device())?,
         };
         return x
             .contiguous()?
-            .apply_op3(&weight.contiguous()?, &bias, LinearOp::new(act));
+            .apply_op3(&weight.contiguous()?, &bias, LinearOp::new(act, needs_grad));
     }
     linear_composed(x, weight, bias, act)
 }
@@ -101,24 +103,18 @@ pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, act: 
 /// The fused op over `(x, weight, bias)`, all contiguous f32.
 struct LinearOp {
     act: Act,
+    /// Keep what the backward pass needs (false when no input tracks a gradient).
+    needs_grad: bool,
     /// GELU's pre-activation, kept by the forward pass for the backward pass.
     pre: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 impl LinearOp {
-    fn new(act: Act) -> Self {
+    fn new(act: Act, needs_grad: bool) -> Self {
         Self {
             act,
+            needs_grad,
             pre: std::sync::Mutex::new(None),
-        }
-    }
-}
-
-multiversion! {
-    /// Each row of `dst` set to `bias`.
-    fn fill_rows(dst: &mut [f32], bias: &[f32]) {
-        for row in dst.chunks_exact_mut(bias.len()) {
-            row.copy_from_slice(bias);
         }
     }
 }
@@ -137,6 +133,15 @@ multiversion! {
     fn gelu_in_place(v: &mut [f32], pre: &mut [f32]) {
         for (x, p) in v.iter_mut().zip(pre.iter_mut()) {
             *p = *x;
+            *x = crate::math::gelu_f32(*x);
+        }
+    }
+}
+
+multiversion! {
+    /// `v ← gelu(v)`.
+    fn gelu_only(v: &mut [f32]) {
+        for x in v.iter_mut() {
             *x = crate::math::gelu_f32(*x);
         }
     }
@@ -165,11 +170,15 @@ fn cpu_f32<'a>(s: &'a Storage, l: &Layout, name: &str) -> Result<&'a [f32]> {
 }
 
 /// `y (rows, out) = act(x (rows, in) · wᵀ + b)`, and GELU's pre-activation.
-fn forward(x: &[f32], w: &[f32], b: &[f32], act: Act) -> (Vec<f32>, Option<Vec<f32>>) {
+fn forward(x: &[f32], w: &[f32], b: &[f32], act: Act, keep_pre: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let (out, inp) = (b.len(), w.len() / b.len());
     let rows = x.len() / inp;
-    let mut y = vec![0f32; rows * out];
-    let mut pre = (act == Act::Gelu).then(|| vec![0f32; rows * out]);
+    // Start from the bias rows (one write, instead of zeroing and then filling).
+    let mut y: Vec<f32> = Vec::with_capacity(rows * out);
+    for _ in 0..rows {
+        y.extend_from_slice(b);
+    }
+    let mut pre = (act == Act::Gelu && keep_pre).then(|| vec![0f32; rows * out]);
     let yw = DisjointMut::new(&mut y);
     let pw = pre.as_mut().map(|p| DisjointMut::new(p.as_mut_slice()));
     let per = rows.div_ceil(blocks(rows, 16));
@@ -178,7 +187,6 @@ fn forward(x: &[f32], w: &[f32], b: &[f32], act: Act) -> (Vec<f32>, Option<Vec<f
         let r = per.min(rows - r0);
         // SAFETY: task t owns rows r0..r0 + r.
         let dst = unsafe { yw.range_mut(r0 * out, r * out) };
-        fill_rows(dst, b);
         matmul(
             r,
             out,
@@ -192,14 +200,16 @@ fn forward(x: &[f32], w: &[f32], b: &[f32], act: Act) -> (Vec<f32>, Option<Vec<f
             (Act::Relu, _) => relu_in_place(dst),
             // SAFETY: task t owns the same rows of the pre-activation buffer.
             (Act::Gelu, Some(pw)) => gelu_in_place(dst, unsafe { pw.range_mut(r0 * out, r * out) }),
+            (Act::Gelu, None) => gelu_only(dst),
             _ => {}
         }
     });
     (y, pre)
 }
 
-/// `(dx, dW, db)` for the output gradient `g (rows, out)`; `y` is the op's output (ReLU mask).
-#[allow(clippy::type_complexity)]
+/// `(dx, dW, db)` for the output gradient `g (rows, out)`; `y` is the op's output (ReLU mask),
+/// `pre` GELU's pre-activation.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn backward(
     x: &[f32],
     w: &[f32],
@@ -301,7 +311,7 @@ impl CustomOp3 for LinearOp {
         if let Some(last) = dims.last_mut() {
             *last = b.len();
         }
-        let (y, pre) = forward(x, w, b, self.act);
+        let (y, pre) = forward(x, w, b, self.act, self.needs_grad);
         *self
             .pre
             .lock()

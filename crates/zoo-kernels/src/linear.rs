@@ -120,6 +120,15 @@ impl LinearOp {
 }
 
 multiversion! {
+    /// Each row of `dst` set to `bias`.
+    fn fill_rows(dst: &mut [f32], bias: &[f32]) {
+        for row in dst.chunks_exact_mut(bias.len()) {
+            row.copy_from_slice(bias);
+        }
+    }
+}
+
+multiversion! {
     /// `max(v, 0)` in place.
     fn relu_in_place(v: &mut [f32]) {
         for x in v.iter_mut() {
@@ -173,11 +182,7 @@ fn cpu_f32<'a>(s: &'a Storage, l: &Layout, name: &str) -> Result<&'a [f32]> {
 fn forward(x: &[f32], w: &[f32], b: &[f32], act: Act, keep_pre: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let (out, inp) = (b.len(), w.len() / b.len());
     let rows = x.len() / inp;
-    // Start from the bias rows (one write, instead of zeroing and then filling).
-    let mut y: Vec<f32> = Vec::with_capacity(rows * out);
-    for _ in 0..rows {
-        y.extend_from_slice(b);
-    }
+    let mut y = vec![0f32; rows * out];
     let mut pre = (act == Act::Gelu && keep_pre).then(|| vec![0f32; rows * out]);
     let yw = DisjointMut::new(&mut y);
     let pw = pre.as_mut().map(|p| DisjointMut::new(p.as_mut_slice()));
@@ -187,6 +192,8 @@ fn forward(x: &[f32], w: &[f32], b: &[f32], act: Act, keep_pre: bool) -> (Vec<f3
         let r = per.min(rows - r0);
         // SAFETY: task t owns rows r0..r0 + r.
         let dst = unsafe { yw.range_mut(r0 * out, r * out) };
+        // The bias rows, filled in parallel (a serial fill left the other core idle).
+        fill_rows(dst, b);
         matmul(
             r,
             out,

@@ -30,7 +30,6 @@ use candle_zoo::nn::LoraConfig;
 use candle_zoo::train::optim::named_params;
 use candle_zoo::train::{BatchModel, LrSchedule, OptimizerConfig, ProgressMode, Trainer, TrainerConfig};
 use clap::{Parser, ValueEnum};
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokenizers::{Tokenizer, TruncationParams};
@@ -322,18 +321,11 @@ fn main() -> Result<()> {
         eval_name: "test".into(),
     };
     let started = Instant::now();
-    let budget = args.minutes * 60.0;
     let layer_decay = args.layer_decay;
     let report = Trainer::new(tcfg, &vm)?
         .with_params(params)
         .with_lr_scales(move |name| layer_lr_scale(name, layers, layer_decay))
-        .on_epoch_end(move |_| {
-            if started.elapsed().as_secs_f64() >= budget {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })
+        .with_time_budget(args.minutes)
         .fit(&Classifier(&model), &train, Some(&test))?;
     let acc = report.history.last().and_then(|m| m.eval_acc).unwrap_or(f64::NAN);
     // What `--predict` (and any BERT loader) needs beside the weights the Trainer saved.

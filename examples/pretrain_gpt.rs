@@ -20,7 +20,6 @@ use candle_zoo::models::vision::parameter_count;
 use candle_zoo::train::optim::OptimizerConfig;
 use candle_zoo::train::{evaluate, LrSchedule, ProgressMode, TokenCrossEntropy, Trainer, TrainerConfig};
 use clap::{Parser, ValueEnum};
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -202,17 +201,10 @@ fn main() -> Result<()> {
             eval_name: "val".into(),
         };
         let started = Instant::now();
-        let budget = args.minutes * 60.0;
         let objective = TokenCrossEntropy::default();
         let report = Trainer::new(tcfg, &varmap)?
             .with_objective(objective)
-            .on_epoch_end(move |_| {
-                if started.elapsed().as_secs_f64() >= budget {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            })
+            .with_time_budget(args.minutes)
             .fit(&gpt, &train, Some(&val))?;
         let val_loss = match report.history.last().and_then(|m| m.eval_loss) {
             Some(l) => l,

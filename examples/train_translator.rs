@@ -24,7 +24,6 @@ use candle_zoo::train::{
     corpus_bleu, BatchModel, LrSchedule, ProgressMode, TokenCrossEntropy, Trainer, TrainerConfig,
 };
 use clap::Parser;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -265,16 +264,9 @@ fn main() -> Result<()> {
         label_smoothing: args.label_smoothing,
     };
     let started = Instant::now();
-    let budget = args.minutes * 60.0;
     Trainer::new(tcfg, &vm)?
         .with_objective(objective)
-        .on_epoch_end(move |_| {
-            if started.elapsed().as_secs_f64() >= budget {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })
+        .with_time_budget(args.minutes)
         .fit(&Teacher(&model), &train_b, Some(&val_b))?;
     let train_min = started.elapsed().as_secs_f64() / 60.0;
 

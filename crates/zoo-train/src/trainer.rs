@@ -137,6 +137,8 @@ pub struct Trainer {
     lr_scale: Option<LrScale>,
     objective: Box<dyn Objective>,
     on_epoch_end: Option<EpochHook>,
+    /// Stop after the first epoch that ends past this much training time.
+    time_budget: Option<std::time::Duration>,
 }
 
 /// A learning-rate multiplier for a parameter name.
@@ -166,6 +168,7 @@ impl Trainer {
             cfg,
             objective: Box::new(CrossEntropy),
             on_epoch_end: None,
+            time_budget: None,
         })
     }
 
@@ -187,6 +190,15 @@ impl Trainer {
     /// Minimizes this objective instead of cross-entropy.
     pub fn with_objective(mut self, objective: impl Objective + 'static) -> Self {
         self.objective = Box::new(objective);
+        self
+    }
+
+    /// Stops after the first epoch that ends more than `minutes` after `fit` started (the
+    /// epoch is finished, evaluated and checkpointed first); the cosine schedule still decays
+    /// over the configured epochs.
+    pub fn with_time_budget(mut self, minutes: f64) -> Self {
+        self.time_budget = (minutes.is_finite() && minutes >= 0.0)
+            .then(|| std::time::Duration::from_secs_f64(minutes * 60.0));
         self
     }
 
@@ -215,6 +227,7 @@ impl Trainer {
         train: &dyn BatchSource,
         eval: Option<&dyn BatchSource>,
     ) -> Result<TrainReport> {
+        let fit_started = Instant::now();
         let steps_per_epoch = train.num_batches();
         if steps_per_epoch == 0 {
             return Err(TrainError::Config("the training set is empty".into()));
@@ -333,6 +346,9 @@ impl Trainer {
                 if hook(&metrics).is_break() {
                     break;
                 }
+            }
+            if self.time_budget.is_some_and(|b| fit_started.elapsed() >= b) {
+                break;
             }
         }
         Ok(TrainReport {

@@ -21,6 +21,16 @@ pub fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
     dropout_with_seed(x, p, AttentionDropout::new(p).seed)
 }
 
+/// [`dropout`] in training mode only: `x` itself when `!train` or `p == 0`. What every layer
+/// with a dropout probability and a train flag calls.
+pub fn dropout_t(x: Tensor, p: f32, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        dropout(&x, p)
+    } else {
+        Ok(x)
+    }
+}
+
 /// [`dropout`] with a chosen `seed`: the same seed and shape give the same mask.
 pub fn dropout_with_seed(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {

@@ -44,13 +44,7 @@ impl ClassificationHead {
 
     /// Logits `(batch, num_classes)` from features `(batch, in_features)`.
     pub fn forward_t(&self, features: &Tensor, train: bool) -> Result<Tensor> {
-        let drop = |x: Tensor| {
-            if train && self.dropout > 0.0 {
-                zoo_kernels::dropout::dropout(&x, self.dropout)
-            } else {
-                Ok(x)
-            }
-        };
+        let drop = |x: Tensor| zoo_kernels::dropout::dropout_t(x, self.dropout, train);
         let mut x = drop(features.clone())?;
         if let Some(d) = &self.dense {
             x = drop(d.forward(&x)?.tanh()?)?;

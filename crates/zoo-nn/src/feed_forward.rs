@@ -79,11 +79,7 @@ impl FeedForward {
             None => self.activation.forward(&self.linear1.forward(x)?)?,
             Some(g) => (self.activation.forward(&g.forward(x)?)? * self.linear1.forward(x)?)?,
         };
-        let h = if train && self.dropout > 0.0 {
-            zoo_kernels::dropout::dropout(&h, self.dropout)?
-        } else {
-            h
-        };
+        let h = zoo_kernels::dropout::dropout_t(h, self.dropout, train)?;
         self.linear2.forward(&h)
     }
 }

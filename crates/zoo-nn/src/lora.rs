@@ -115,11 +115,7 @@ impl LoraLinear {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.base.forward(x)?;
         let Some(ad) = &self.adapter else { return Ok(y) };
-        let xin = if train && ad.dropout > 0.0 {
-            zoo_kernels::dropout::dropout(x, ad.dropout)?
-        } else {
-            x.clone()
-        };
+        let xin = zoo_kernels::dropout::dropout_t(x.clone(), ad.dropout, train)?;
         let low = crate::linear::linear(&xin, &ad.a, None)?;
         let up = crate::linear::linear(&low, &ad.b, None)?;
         y + (up * ad.scale)?

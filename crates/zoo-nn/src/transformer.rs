@@ -16,6 +16,7 @@ use crate::positional::RotaryEmbedding;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
+use zoo_kernels::dropout::dropout_t;
 
 /// Options of one encoder or decoder layer; names and defaults follow PyTorch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,14 +130,6 @@ impl TransformerLayerConfig {
     }
 }
 
-fn dropout(x: Tensor, p: f32, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        zoo_kernels::dropout::dropout(&x, p)
-    } else {
-        Ok(x)
-    }
-}
-
 /// Per-call options of an encoder (layer): PyTorch's `src_mask`, `src_key_padding_mask`,
 /// `is_causal`, plus train/eval.
 #[derive(Debug, Clone, Copy, Default)]
@@ -211,11 +204,11 @@ impl TransformerEncoderLayer {
                 },
             )?
             .output;
-        dropout(out, self.cfg.dropout, args.train)
+        dropout_t(out, self.cfg.dropout, args.train)
     }
 
     fn ff_block(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        dropout(self.ff.forward_t(x, train)?, self.cfg.dropout, train)
+        dropout_t(self.ff.forward_t(x, train)?, self.cfg.dropout, train)
     }
 
     /// Batch-first input to batch-first output.
@@ -269,7 +262,7 @@ impl TransformerEncoderLayer {
             ..Default::default()
         };
         let sa = |h: &Tensor| -> Result<Tensor> {
-            dropout(
+            dropout_t(
                 self.self_attn.forward(h, h, h, &args)?.output,
                 self.cfg.dropout,
                 train,
@@ -321,7 +314,7 @@ impl TransformerDecoderLayer {
             train: args.train,
             ..Default::default()
         };
-        dropout(
+        dropout_t(
             self.self_attn.forward(x, x, x, &mha)?.output,
             self.cfg.dropout,
             args.train,
@@ -337,11 +330,11 @@ impl TransformerDecoderLayer {
             ..Default::default()
         };
         let out = self.multihead_attn.forward(x, memory, memory, &mha)?.output;
-        dropout(out, self.cfg.dropout, args.train)
+        dropout_t(out, self.cfg.dropout, args.train)
     }
 
     fn ff_block(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        dropout(self.ff.forward_t(x, train)?, self.cfg.dropout, train)
+        dropout_t(self.ff.forward_t(x, train)?, self.cfg.dropout, train)
     }
 
     fn forward_bf(&self, x: &Tensor, memory: &Tensor, args: &DecoderArgs) -> Result<Tensor> {

@@ -13,6 +13,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 use zoo_kernels::attention::{flash_attention, AttentionDropout, AttentionMask, AttentionOptions};
+use zoo_kernels::dropout::dropout_t;
 use zoo_kernels::heads::{merge_heads, split_heads};
 use zoo_nn::init::linear_torch;
 use zoo_nn::{Activation, LayerNorm, Linear, LoraConfig, LoraLinear};
@@ -201,15 +202,7 @@ impl BertEmbeddings {
             .forward(input_ids)?
             .broadcast_add(&self.position_embeddings.forward(&positions)?.unsqueeze(0)?)?
             .broadcast_add(&types)?;
-        dropout(self.layer_norm.forward(&x)?, self.dropout, train)
-    }
-}
-
-fn dropout(x: Tensor, p: f32, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        zoo_kernels::dropout::dropout(&x, p)
-    } else {
-        Ok(x)
+        dropout_t(self.layer_norm.forward(&x)?, self.dropout, train)
     }
 }
 
@@ -327,14 +320,14 @@ impl BertLayer {
             opts.dropout = Some(AttentionDropout::new(self.attn_dropout));
         }
         let ctx = merge_heads(&flash_attention(&q, &k, &v, &opts)?)?;
-        let a = dropout(self.attn_out.forward_t(&ctx, train)?, self.hidden_dropout, train)?;
+        let a = dropout_t(self.attn_out.forward_t(&ctx, train)?, self.hidden_dropout, train)?;
         let x = self.attn_norm.forward(&(x + a)?)?;
         let inner = match self.activation {
             Activation::Relu => self.intermediate.forward_relu_t(&x, train)?,
             Activation::Gelu => self.intermediate.forward_gelu_t(&x, train)?,
             act => act.forward(&self.intermediate.forward_t(&x, train)?)?,
         };
-        let y = dropout(self.output.forward_t(&inner, train)?, self.hidden_dropout, train)?;
+        let y = dropout_t(self.output.forward_t(&inner, train)?, self.hidden_dropout, train)?;
         self.out_norm.forward(&(x + y)?)
     }
 }

@@ -49,11 +49,7 @@ impl BertForTokenClassification {
     /// Logits `(batch, seq, num_labels)`.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.bert.forward(input_ids, Some(attention_mask), None, train)?;
-        let h = if train && self.dropout > 0.0 {
-            zoo_kernels::dropout::dropout(&h, self.dropout)?
-        } else {
-            h
-        };
+        let h = zoo_kernels::dropout::dropout_t(h, self.dropout, train)?;
         self.classifier.forward(&h)
     }
 

@@ -185,11 +185,7 @@ impl BertForSequenceClassification {
             ClassifierInput::Pooler => self.bert.pooled(&hidden)?,
             ClassifierInput::MeanPooling => pool_sentences(&hidden, attention_mask, Pooling::Mean, false)?,
         };
-        let features = if train && self.dropout > 0.0 {
-            zoo_kernels::dropout::dropout(&features, self.dropout)?
-        } else {
-            features
-        };
+        let features = zoo_kernels::dropout::dropout_t(features, self.dropout, train)?;
         self.classifier.forward(&features)
     }
 

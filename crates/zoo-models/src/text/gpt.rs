@@ -211,10 +211,7 @@ impl Gpt {
     /// sees tokens `0..=i`).
     pub fn forward_t(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         self.check_ids(ids)?;
-        let mut x = self.embed(ids, 0)?;
-        if train && self.cfg.dropout > 0.0 {
-            x = zoo_kernels::dropout::dropout(&x, self.cfg.dropout)?;
-        }
+        let mut x = zoo_kernels::dropout::dropout_t(self.embed(ids, 0)?, self.cfg.dropout, train)?;
         for block in &self.blocks {
             x = match &self.rope {
                 Some(rope) => block.forward_rotary(&x, rope, train)?,

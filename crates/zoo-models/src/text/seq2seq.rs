@@ -165,11 +165,7 @@ impl Seq2SeqTransformer {
     fn embed(&self, emb: &Embedding, ids: &Tensor, offset: usize, train: bool) -> Result<Tensor> {
         let x = (emb.forward(ids)? * (self.cfg.layer.d_model as f64).sqrt())?;
         let x = self.pe.forward_at(&x, offset)?;
-        if train && self.cfg.layer.dropout > 0.0 {
-            zoo_kernels::dropout::dropout(&x, self.cfg.layer.dropout)
-        } else {
-            Ok(x)
-        }
+        zoo_kernels::dropout::dropout_t(x, self.cfg.layer.dropout, train)
     }
 
     /// Encoder output `(batch, src_len, d)` and the source padding mask.

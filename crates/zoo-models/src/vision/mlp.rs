@@ -64,10 +64,7 @@ impl ModuleT for Mlp {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut xs = xs.flatten_from(1)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs)?.relu()?;
-            if train && self.dropout > 0.0 {
-                xs = zoo_kernels::dropout::dropout(&xs, self.dropout)?;
-            }
+            xs = zoo_kernels::dropout::dropout_t(layer.forward(&xs)?.relu()?, self.dropout, train)?;
         }
         self.head.forward(&xs)
     }

@@ -15,9 +15,10 @@
 //! images never does).
 
 use crate::gemm::{matmul, MatRef};
-use crate::host::f32_slice;
+use crate::host::{f32_slice, grad_like, storage_f32};
+use crate::linear::relu_mask;
 use crate::parallel::{for_each_index, DisjointMut};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// Images per task of the weight-gradient pass: each task owns a private `dW` that is summed
 /// at the end, so fewer, larger tasks mean less memory and a shorter reduction.
@@ -313,15 +314,6 @@ multiversion! {
 }
 
 multiversion! {
-    /// `dst[i] = g[i]` where `out[i] > 0`, else 0: ReLU's backward, read from its output.
-    fn relu_mask(dst: &mut [f32], g: &[f32], out: &[f32]) {
-        for ((d, &g), &o) in dst.iter_mut().zip(g).zip(out) {
-            *d = if o > 0.0 { g } else { 0.0 };
-        }
-    }
-}
-
-multiversion! {
     /// `acc[o] += Σ_p g[o, p]` for a `(oc, p)` gradient block.
     fn row_sums_into(acc: &mut [f32], g: &[f32]) {
         let p = g.len() / acc.len().max(1);
@@ -338,11 +330,6 @@ struct Conv2dOp {
 
 fn f32_of<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
     f32_slice(s, l, "conv2d", name)
-}
-
-/// The contiguous f32 data behind a tensor's storage, for the backward pass.
-fn cpu_f32<'a>(s: &'a Storage, l: &Layout, name: &str) -> Result<&'a [f32]> {
-    crate::host::storage_f32(s, l, "conv2d", name)
 }
 
 impl Conv2dOp {
@@ -526,18 +513,14 @@ impl CustomOp3 for Conv2dOp {
             let (os, ol) = res.storage_and_layout();
             let (gs, gl) = grad.storage_and_layout();
             self.backward(
-                cpu_f32(&xs, xl, "input")?,
-                cpu_f32(&ws, wl, "weight")?,
-                cpu_f32(&os, ol, "output")?,
-                cpu_f32(&gs, gl, "gradient")?,
+                storage_f32(&xs, xl, "conv2d", "input")?,
+                storage_f32(&ws, wl, "conv2d", "weight")?,
+                storage_f32(&os, ol, "conv2d", "output")?,
+                storage_f32(&gs, gl, "conv2d", "gradient")?,
                 want,
             )
         };
-        let dev = x.device();
-        let dx = dx.map(|v| Tensor::from_vec(v, x.shape(), dev)).transpose()?;
-        let dw = dw.map(|v| Tensor::from_vec(v, weight.shape(), dev)).transpose()?;
-        let db = db.map(|v| Tensor::from_vec(v, bias.shape(), dev)).transpose()?;
-        Ok((dx, dw, db))
+        Ok((grad_like(dx, x)?, grad_like(dw, weight)?, grad_like(db, bias)?))
     }
 }
 

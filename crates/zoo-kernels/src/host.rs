@@ -1,7 +1,7 @@
 //! Reading candle CPU storage inside our ops.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Result, Storage};
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
 /// The f32 elements of a contiguous CPU tensor; `op` and `name` make the error say which input
 /// of which op was wrong (`"flash attention: q must be contiguous"`).
@@ -20,4 +20,11 @@ pub(crate) fn storage_f32<'a>(s: &'a Storage, l: &Layout, op: &str, name: &str) 
         Storage::Cpu(s) => f32_slice(s, l, op, name),
         _ => candle_core::bail!("{op}: {name} is not on the CPU"),
     }
+}
+
+/// A gradient computed on the host, as a tensor shaped and placed like `like` (`None` stays
+/// `None`: the input did not ask for one).
+pub(crate) fn grad_like(v: Option<Vec<f32>>, like: &Tensor) -> Result<Option<Tensor>> {
+    v.map(|v| Tensor::from_vec(v, like.shape(), like.device()))
+        .transpose()
 }

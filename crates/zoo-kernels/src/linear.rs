@@ -11,9 +11,9 @@
 
 use crate::bias::column_sums;
 use crate::gemm::{matmul, MatRef};
-use crate::host::f32_slice;
+use crate::host::{f32_slice, grad_like, storage_f32};
 use crate::parallel::{for_each_index, DisjointMut};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
 /// Rows per parallel task of the elementwise passes (the ReLU mask).
 const ROWS_PER_TASK: usize = 128;
@@ -166,16 +166,13 @@ multiversion! {
 }
 
 multiversion! {
-    /// `dst[i] = g[i]` where `y[i] > 0`, else 0.
-    fn relu_mask(dst: &mut [f32], g: &[f32], y: &[f32]) {
+    /// `dst[i] = g[i]` where `y[i] > 0`, else 0: ReLU's backward, read from its output (also
+    /// used by the convolution's fused ReLU).
+    pub(crate) fn relu_mask(dst: &mut [f32], g: &[f32], y: &[f32]) {
         for ((d, &g), &y) in dst.iter_mut().zip(g).zip(y) {
             *d = if y > 0.0 { g } else { 0.0 };
         }
     }
-}
-
-fn cpu_f32<'a>(s: &'a Storage, l: &Layout, name: &str) -> Result<&'a [f32]> {
-    crate::host::storage_f32(s, l, "linear", name)
 }
 
 /// `y (rows, out) = act(x (rows, in) · wᵀ + b)`, and GELU's pre-activation.
@@ -353,22 +350,17 @@ impl CustomOp3 for LinearOp {
             let (ys, yl) = res.storage_and_layout();
             let (gs, gl) = grad.storage_and_layout();
             backward(
-                cpu_f32(&xs, xl, "input")?,
-                cpu_f32(&ws, wl, "weight")?,
-                cpu_f32(&ys, yl, "output")?,
-                cpu_f32(&gs, gl, "gradient")?,
+                storage_f32(&xs, xl, "linear", "input")?,
+                storage_f32(&ws, wl, "linear", "weight")?,
+                storage_f32(&ys, yl, "linear", "output")?,
+                storage_f32(&gs, gl, "linear", "gradient")?,
                 out,
                 self.act,
                 pre_guard.as_deref(),
                 want,
             )
         };
-        let dev = x.device();
-        Ok((
-            dx.map(|v| Tensor::from_vec(v, x.shape(), dev)).transpose()?,
-            dw.map(|v| Tensor::from_vec(v, weight.shape(), dev)).transpose()?,
-            db.map(|v| Tensor::from_vec(v, out, dev)).transpose()?,
-        ))
+        Ok((grad_like(dx, x)?, grad_like(dw, weight)?, grad_like(db, bias)?))
     }
 }
 

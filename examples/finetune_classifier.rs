@@ -32,7 +32,7 @@ use candle_zoo::train::{BatchModel, LrSchedule, OptimizerConfig, ProgressMode, T
 use clap::{Parser, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum DatasetArg {
@@ -158,13 +158,8 @@ fn model_files(model: &str) -> Result<PretrainedFiles> {
 }
 
 fn tokenizer(path: &Path, max_len: usize) -> Result<Tokenizer> {
-    let mut tok = Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    tok.with_padding(None);
-    tok.with_truncation(Some(TruncationParams {
-        max_length: max_len,
-        ..Default::default()
-    }))
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut tok = candle_zoo::data::tokenize::load(path)?;
+    candle_zoo::data::tokenize::set_batch_lengths(&mut tok, false, max_len)?;
     Ok(tok)
 }
 
@@ -371,8 +366,7 @@ fn predict(dir: &Path, texts: &[String], dev: &Device) -> Result<()> {
     let tok_path = files
         .tokenizer
         .context("the run directory has no tokenizer.json")?;
-    let mut tok = tokenizer(&tok_path, model.bert().config().max_position_embeddings)?;
-    tok.with_padding(Some(tokenizers::PaddingParams::default()));
+    let tok = tokenizer(&tok_path, model.bert().config().max_position_embeddings)?;
     for text in texts {
         let enc = tok
             .encode(text.as_str(), true)

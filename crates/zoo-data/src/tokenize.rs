@@ -99,6 +99,24 @@ pub fn load(path: impl AsRef<Path>) -> Result<Tokenizer> {
     Tokenizer::from_file(path).map_err(|e| DataError::Tokenizer(format!("{}: {e}", path.display())))
 }
 
+/// Replaces a tokenizer file's own padding and truncation (all-MiniLM-L6-v2's pads every
+/// sentence to a fixed 128): truncate at `max_len` tokens, keeping the special tokens, and pad a
+/// batch to its longest sentence when `pad_to_longest` (keeping the file's pad token), else not
+/// at all.
+pub fn set_batch_lengths(tok: &mut Tokenizer, pad_to_longest: bool, max_len: usize) -> Result<()> {
+    let padding = pad_to_longest.then(|| tokenizers::PaddingParams {
+        strategy: tokenizers::PaddingStrategy::BatchLongest,
+        ..tok.get_padding().cloned().unwrap_or_default()
+    });
+    tok.with_padding(padding);
+    tok.with_truncation(Some(tokenizers::TruncationParams {
+        max_length: max_len,
+        ..Default::default()
+    }))
+    .map(|_| ())
+    .map_err(|e| DataError::Tokenizer(format!("truncation at {max_len}: {e}")))
+}
+
 /// Token ids of `text` (no special tokens added).
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     Ok(tok.encode(text, false).map_err(tok_err)?.get_ids().to_vec())

@@ -21,3 +21,8 @@ pub use pretrained::PretrainedFiles;
 pub use sampling::{Sampler, SamplingConfig};
 pub use sentence::SentenceEncoder;
 pub use seq2seq::{BeamConfig, Seq2SeqConfig, Seq2SeqTransformer};
+
+/// A candle error carrying `e`'s message (file and hub errors of the loaders).
+pub(crate) fn msg(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}

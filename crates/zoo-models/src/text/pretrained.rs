@@ -3,6 +3,7 @@
 
 use super::bert::{Bert, BertConfig};
 use super::classify::{BertForSequenceClassification, ClassifierInput, ProblemType};
+use super::msg;
 use candle_core::{DType, Device, Result};
 use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
@@ -19,10 +20,6 @@ pub struct PretrainedFiles {
     pub tokenizer: Option<PathBuf>,
     /// `sentence_bert_config.json` (sentence-transformers' `max_seq_length`), when present.
     pub sentence_config: Option<PathBuf>,
-}
-
-fn msg(e: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
 }
 
 impl PretrainedFiles {

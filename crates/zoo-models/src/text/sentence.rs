@@ -3,8 +3,9 @@
 //! `max_seq_length`, run BERT, mean-pool over real tokens, L2-normalize.
 
 use super::bert::{pool_sentences, Bert, Pooling};
+use super::msg;
 use candle_core::{Device, Result, Tensor};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 use zoo_data::hub::HubOptions;
 
 /// A BERT encoder with its tokenizer and pooling: text in, one vector per sentence out.
@@ -14,10 +15,6 @@ pub struct SentenceEncoder {
     pooling: Pooling,
     normalize: bool,
     device: Device,
-}
-
-fn msg(e: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
 }
 
 impl SentenceEncoder {
@@ -47,17 +44,7 @@ impl SentenceEncoder {
         normalize: bool,
         device: &Device,
     ) -> Result<Self> {
-        let pad = tokenizer.get_padding().cloned().unwrap_or_default();
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..pad
-        }));
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_len,
-                ..Default::default()
-            }))
-            .map_err(msg)?;
+        zoo_data::tokenize::set_batch_lengths(&mut tokenizer, true, max_len).map_err(msg)?;
         Ok(Self {
             bert,
             tokenizer,

@@ -14,6 +14,7 @@ use crate::gemm::{matmul, MatRef};
 use crate::host::{f32_slice, grad_like, storage_f32};
 use crate::parallel::{for_each_index, DisjointMut};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use std::mem::MaybeUninit;
 
 /// Rows per parallel task of the elementwise passes (the ReLU mask).
 const ROWS_PER_TASK: usize = 128;
@@ -120,10 +121,12 @@ impl LinearOp {
 }
 
 multiversion! {
-    /// Each row of `dst` set to `bias`.
-    fn fill_rows(dst: &mut [f32], bias: &[f32]) {
+    /// Each row of the (uninitialized) `dst` set to `bias`.
+    fn fill_rows(dst: &mut [MaybeUninit<f32>], bias: &[f32]) {
         for row in dst.chunks_exact_mut(bias.len()) {
-            row.copy_from_slice(bias);
+            for (d, &b) in row.iter_mut().zip(bias) {
+                d.write(b);
+            }
         }
     }
 }
@@ -179,9 +182,11 @@ multiversion! {
 fn forward(x: &[f32], w: &[f32], b: &[f32], act: Act, keep_pre: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let (out, inp) = (b.len(), w.len() / b.len());
     let rows = x.len() / inp;
-    let mut y = vec![0f32; rows * out];
+    // The output is written once, bias first: no zero fill (a `memset` over the largest
+    // activations of a layer).
+    let mut y: Vec<f32> = Vec::with_capacity(rows * out);
     let mut pre = (act == Act::Gelu && keep_pre).then(|| vec![0f32; rows * out]);
-    let yw = DisjointMut::new(&mut y);
+    let yw = DisjointMut::new(&mut y.spare_capacity_mut()[..rows * out]);
     let pw = pre.as_mut().map(|p| DisjointMut::new(p.as_mut_slice()));
     let per = rows.div_ceil(blocks(rows, 16));
     for_each_index(rows.div_ceil(per), |t| {
@@ -191,6 +196,8 @@ fn forward(x: &[f32], w: &[f32], b: &[f32], act: Act, keep_pre: bool) -> (Vec<f3
         let dst = unsafe { yw.range_mut(r0 * out, r * out) };
         // The bias rows, filled in parallel (a serial fill left the other core idle).
         fill_rows(dst, b);
+        // SAFETY: `fill_rows` initialized every element of `dst`.
+        let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
         matmul(
             r,
             out,
@@ -208,6 +215,9 @@ fn forward(x: &[f32], w: &[f32], b: &[f32], act: Act, keep_pre: bool) -> (Vec<f3
             _ => {}
         }
     });
+    // SAFETY: the tasks above wrote every one of the `rows * out` elements (a panic in one
+    // is re-raised by `for_each_index` before this line).
+    unsafe { y.set_len(rows * out) };
     (y, pre)
 }
 

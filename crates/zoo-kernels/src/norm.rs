@@ -7,7 +7,7 @@
 //! reference, which callers get from [`layer_norm`] / [`rms_norm`] automatically.
 
 use crate::host::storage_f32;
-use crate::parallel::{for_each_index, DisjointMut};
+use crate::parallel::{build_vec, for_each_index, DisjointMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use std::sync::Mutex;
 
@@ -106,26 +106,15 @@ impl NormOp {
 
     fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>, c: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let rows = x.len() / c;
-        let mut y = vec![0f32; x.len()];
         let mut mean = vec![0f32; rows];
         let mut rstd = vec![0f32; rows];
-        let (yw, mw, rw) = (
-            DisjointMut::new(&mut y),
-            DisjointMut::new(&mut mean),
-            DisjointMut::new(&mut rstd),
-        );
+        let (mw, rw) = (DisjointMut::new(&mut mean), DisjointMut::new(&mut rstd));
         let eps = self.eps as f32;
         let kind = self.kind;
-        for_each_index(rows.div_ceil(ROWS_PER_TASK), |task| {
+        let y = build_vec(x.len(), ROWS_PER_TASK * c, |task, ys| {
             let r0 = task * ROWS_PER_TASK;
-            // SAFETY: task owns rows r0..r0 + ROWS_PER_TASK of y, mean and rstd.
-            let (ys, ms, rs) = unsafe {
-                (
-                    yw.range_mut(r0 * c, ROWS_PER_TASK * c),
-                    mw.range_mut(r0, ROWS_PER_TASK),
-                    rw.range_mut(r0, ROWS_PER_TASK),
-                )
-            };
+            // SAFETY: task owns rows r0..r0 + ROWS_PER_TASK of mean and rstd.
+            let (ms, rs) = unsafe { (mw.range_mut(r0, ROWS_PER_TASK), rw.range_mut(r0, ROWS_PER_TASK)) };
             for (i, ((yr, m), r)) in ys.chunks_mut(c).zip(ms.iter_mut()).zip(rs.iter_mut()).enumerate() {
                 let xr = &x[(r0 + i) * c..(r0 + i + 1) * c];
                 norm_row(kind, xr, w, b, eps, yr, m, r);

@@ -68,6 +68,31 @@ pub(crate) fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: impl 
     });
 }
 
+/// A new `n`-element vector built by [`for_each_chunk_mut`]: each task zeroes its own chunk just
+/// before `f` writes it. A `vec![0.0; n]` up front is one serial `memset` over the whole buffer
+/// (calloc on reused heap memory), a pass through memory that the writes then repeat; zeroing
+/// chunk by chunk happens in parallel and in cache.
+pub(crate) fn build_vec(n: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let chunk = chunk.max(1);
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    let out = DisjointMut::new(&mut v.spare_capacity_mut()[..n]);
+    for_each_index(n.div_ceil(chunk), |i| {
+        // SAFETY: chunk i is `i*chunk..(i+1)*chunk`, and each index is run exactly once.
+        let c = unsafe { out.range_mut(i * chunk, chunk) };
+        for x in c.iter_mut() {
+            x.write(0.0);
+        }
+        // SAFETY: every element of `c` was just initialized.
+        f(i, unsafe {
+            &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32])
+        });
+    });
+    // SAFETY: the chunks cover `0..n` and were all initialized (a panic in a task is re-raised
+    // by `for_each_index` before this line, leaving the vector empty).
+    unsafe { v.set_len(n) };
+    v
+}
+
 thread_local! {
     /// True while this thread runs items of a `for_each_index` call.
     static IN_LOOP: Cell<bool> = const { Cell::new(false) };
@@ -174,6 +199,18 @@ mod tests {
         for_each_chunk_mut(&mut [] as &mut [u8], 4, |_, _| {
             panic!("no chunks in an empty slice")
         });
+    }
+
+    #[test]
+    fn built_vectors_are_written_by_chunk() {
+        for n in [0usize, 1, 7, 1000] {
+            let v = build_vec(n, 3, |i, c| {
+                c.iter_mut()
+                    .enumerate()
+                    .for_each(|(j, x)| *x += (3 * i + j) as f32)
+            });
+            assert_eq!(v, (0..n).map(|i| i as f32).collect::<Vec<_>>());
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 use zoo_kernels::attention::{flash_attention, AttentionDropout, AttentionMask, AttentionOptions};
 use zoo_kernels::dropout::dropout_t;
-use zoo_kernels::heads::{merge_heads, split_heads};
+use zoo_kernels::heads::{merge_heads, merge_heads_packed, split_heads, split_heads_packed};
 use zoo_nn::init::linear_torch;
 use zoo_nn::{Activation, LayerNorm, Linear, LoraConfig, LoraLinear};
 
@@ -313,13 +313,48 @@ impl BertLayer {
 
     /// `x (batch, seq, hidden)` → same shape.
     pub fn forward(&self, x: &Tensor, mask: &KeyMask, train: bool) -> Result<Tensor> {
-        let heads = |l: &LoraLinear| split_heads(&l.forward_t(x, train)?, self.heads);
+        self.forward_rows(x, mask, None, train)
+    }
+
+    /// The layer on packed token rows `x (Σ lengths, hidden)` of right-padded sequences (see
+    /// [`zoo_kernels::heads::split_heads_packed`]): only attention sees the padded
+    /// `(batch, heads, seq, head_dim)` layout, so padding costs no projection or feed-forward
+    /// work. `mask` must be the matching [`KeyMask::Lengths`].
+    pub fn forward_packed(
+        &self,
+        x: &Tensor,
+        mask: &KeyMask,
+        lengths: &[usize],
+        seq: usize,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.forward_rows(x, mask, Some((lengths, seq)), train)
+    }
+
+    fn forward_rows(
+        &self,
+        x: &Tensor,
+        mask: &KeyMask,
+        packed: Option<(&[usize], usize)>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let heads = |l: &LoraLinear| {
+            let y = l.forward_t(x, train)?;
+            match packed {
+                None => split_heads(&y, self.heads),
+                Some((lengths, seq)) => split_heads_packed(&y, lengths, seq, self.heads),
+            }
+        };
         let (q, k, v) = (heads(&self.query)?, heads(&self.key)?, heads(&self.value)?);
         let mut opts = mask.options();
         if train && self.attn_dropout > 0.0 {
             opts.dropout = Some(AttentionDropout::new(self.attn_dropout));
         }
-        let ctx = merge_heads(&flash_attention(&q, &k, &v, &opts)?)?;
+        let ctx = flash_attention(&q, &k, &v, &opts)?;
+        let ctx = match packed {
+            None => merge_heads(&ctx)?,
+            Some((lengths, _)) => merge_heads_packed(&ctx, lengths)?,
+        };
         let a = dropout_t(self.attn_out.forward_t(&ctx, train)?, self.hidden_dropout, train)?;
         let x = self.attn_norm.forward(&(x + a)?)?;
         let inner = match self.activation {
@@ -429,6 +464,9 @@ impl Bert {
 
     /// Last hidden states `(batch, seq, hidden)` for `input_ids (batch, seq)` (u32), an optional
     /// `attention_mask (batch, seq)` (1 = token, 0 = padding) and optional `token_type_ids`.
+    ///
+    /// With right padding (every row's tokens first), the layers skip the padded positions and
+    /// their hidden states are zeros; Hugging Face computes values there that no output uses.
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -463,16 +501,36 @@ impl Bert {
             None => KeyMask::None,
         };
         let mut x = self.embeddings.forward(input_ids, token_type_ids, train)?;
+        // Right padding: the layers run on the real tokens only (packed rows), and the output
+        // is padded back with zeros at the padded positions.
+        let lengths = match &mask {
+            KeyMask::Lengths(t) => Some(
+                t.to_vec1::<u32>()?
+                    .into_iter()
+                    .map(|n| n as usize)
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        };
+        if let Some(lengths) = &lengths {
+            x = merge_heads_packed(&x.unsqueeze(1)?, lengths)?;
+        }
         if frozen_layers > 0 {
             x = x.detach();
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &mask, train)?;
+            x = match &lengths {
+                Some(lengths) => layer.forward_packed(&x, &mask, lengths, l, train)?,
+                None => layer.forward(&x, &mask, train)?,
+            };
             if i + 1 == frozen_layers {
                 x = x.detach();
             }
         }
-        Ok(x)
+        match &lengths {
+            Some(lengths) => split_heads_packed(&x, lengths, l, 1)?.squeeze(1),
+            None => Ok(x),
+        }
     }
 
     /// `tanh(pooler.dense(hidden[:, 0]))`, `(batch, hidden)`: BERT's pooled output.
@@ -513,4 +571,69 @@ pub fn pool_sentences(
         .sqrt()?
         .clamp(1e-12, f64::INFINITY)?;
     pooled.broadcast_div(&norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    /// A padded batch (which runs on packed rows) gives each sentence's hidden states as if it
+    /// were alone, zeros at the padding, and the same gradients.
+    #[test]
+    fn padded_batches_skip_padding_and_match_each_sentence_alone() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = BertConfig {
+            vocab_size: 40,
+            hidden_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 3,
+            intermediate_size: 48,
+            max_position_embeddings: 16,
+            hidden_dropout_prob: 0.0,
+            attention_probs_dropout_prob: 0.0,
+            ..Default::default()
+        };
+        let vm = VarMap::new();
+        let bert = Bert::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev), false)?;
+        let sentences: [&[u32]; 3] = [&[1, 5, 9, 4, 2], &[1, 7, 2], &[1, 3, 8, 8, 11, 6, 2]];
+        let seq = 7;
+        let mut ids = Vec::new();
+        let mut mask = Vec::new();
+        for s in sentences {
+            ids.extend(s.iter().copied().chain(std::iter::repeat_n(0, seq - s.len())));
+            mask.extend((0..seq).map(|j| u32::from(j < s.len())));
+        }
+        let ids = Tensor::from_vec(ids, (3, seq), &dev)?;
+        let mask = Tensor::from_vec(mask, (3, seq), &dev)?;
+        let batch = bert.forward(&ids, Some(&mask), None, true)?;
+        let probe = Tensor::randn(0f32, 1.0, batch.dims(), &dev)?;
+        let grads = (&batch * &probe)?.sum_all()?.backward()?;
+        let w = vm.data().lock().expect("lock")["encoder.layer.0.attention.self.query.weight"].clone();
+        let got_grad = grads.get(w.as_tensor()).expect("query grad").clone();
+        let mut want_grad = Tensor::zeros_like(&got_grad)?;
+        for (i, s) in sentences.iter().enumerate() {
+            let alone = bert.forward(&Tensor::new(*s, &dev)?.unsqueeze(0)?, None, None, true)?;
+            let row = batch.get(i)?;
+            let real = row.narrow(0, 0, s.len())?;
+            let e = (real - alone.get(0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                e < 1e-5,
+                "sentence {i}: padded batch differs from alone by {e:.2e}"
+            );
+            let pad = row.narrow(0, s.len(), seq - s.len())?;
+            assert_eq!(pad.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0, "padding is zero");
+            let p = probe.get(i)?.narrow(0, 0, s.len())?.unsqueeze(0)?;
+            let g = (alone * p)?.sum_all()?.backward()?;
+            want_grad = (want_grad + g.get(w.as_tensor()).expect("query grad"))?;
+        }
+        let e = (&got_grad - &want_grad)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = want_grad.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            e <= 1e-4 * scale.max(1.0),
+            "query gradient differs by {e:.2e} (max {scale:.2e})"
+        );
+        Ok(())
+    }
 }

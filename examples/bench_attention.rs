@@ -161,7 +161,10 @@ fn run_case(
             let fused = imp == "fused";
             if fused {
                 let (_, backend) = flash_attention_with_backend(&q, &k, &v, &opts)?;
-                if !matches!(backend, AttentionBackend::CpuFused | AttentionBackend::CudaFused) {
+                if !matches!(
+                    backend,
+                    AttentionBackend::CpuFused | AttentionBackend::CudaFused | AttentionBackend::MetalFused
+                ) {
                     bail!("fused kernel not taken: {backend:?}");
                 }
             }

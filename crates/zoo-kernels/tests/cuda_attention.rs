@@ -12,7 +12,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{make_data, rel_err, rounded, run_attention, Case, Data, Impl, Result};
+use common::{check_on_device as check, rel_err, Case, Result};
 use zoo_kernels::{flash_attention_with_backend, AttentionBackend, AttentionMask, AttentionOptions};
 
 fn gpu() -> Option<Device> {
@@ -23,39 +23,6 @@ fn gpu() -> Option<Device> {
             None
         }
     }
-}
-
-fn check(dev: &Device, c: &Case, seed: u64, dtypes: &[(DType, f64)]) -> Result<()> {
-    let raw = make_data(c, seed);
-    for &(dt, tol) in dtypes {
-        let x = Data {
-            q: rounded(&raw.q, dt)?,
-            k: rounded(&raw.k, dt)?,
-            v: rounded(&raw.v, dt)?,
-            dout: rounded(&raw.dout, dt)?,
-            mask: raw.mask.clone(),
-        };
-        let got = run_attention(c, &x, dev, dt, Impl::Fused)?;
-        let exact = run_attention(c, &x, &Device::Cpu, DType::F64, Impl::Reference)?;
-        let cpu = run_attention(c, &x, &Device::Cpu, DType::F32, Impl::Fused)?;
-        let label = format!(
-            "{dt:?} b{} h{} hkv{} nq{} nk{} d{} causal={} kv_len={:?} mask={}",
-            c.b, c.h, c.hkv, c.nq, c.nk, c.d, c.causal, c.kv_lengths, c.mask
-        );
-        for (i, what) in ["out", "dq", "dk", "dv"].iter().enumerate() {
-            let e = rel_err(&got[i], &exact[i]);
-            eprintln!("{label}: {what} error vs f64 reference {e:.2e}");
-            assert!(
-                e <= tol,
-                "{label}: {what} error vs f64 reference {e:.2e} > {tol:.0e}"
-            );
-            if dt == DType::F32 {
-                let e = rel_err(&got[i], &cpu[i]);
-                assert!(e <= 2e-5, "{label}: {what} error vs CPU kernel {e:.2e} > 2e-5");
-            }
-        }
-    }
-    Ok(())
 }
 
 const ALL: &[(DType, f64)] = &[(DType::F32, 1e-5), (DType::F16, 1e-2), (DType::BF16, 1e-2)];

@@ -22,6 +22,9 @@ mod cuda;
 #[doc(hidden)]
 pub mod cuda_layout;
 pub(crate) mod dropout;
+#[cfg(feature = "metal")]
+mod metal;
+pub mod metal_layout;
 mod microkernel;
 mod op;
 mod reference;
@@ -67,6 +70,9 @@ pub enum AttentionBackend {
     CpuFused,
     /// The fused CUDA kernels (forward and backward; feature `cuda`).
     CudaFused,
+    /// The fused Metal kernels (forward and backward; feature `metal`; unverified on hardware
+    /// until someone runs `cargo test --features metal -p zoo-kernels` on a Mac).
+    MetalFused,
     /// The reference built from candle ops, and why it was used.
     Reference(String),
 }
@@ -93,9 +99,11 @@ pub fn flash_attention_with_backend(
 ) -> Result<(Tensor, AttentionBackend)> {
     let dims = validate(q, k, v, opts)?;
     let backend = match select_backend(q, &dims) {
-        AttentionBackend::CudaFused if opts.dropout.is_some_and(|d| d.p > 0.0) => {
+        AttentionBackend::CudaFused | AttentionBackend::MetalFused
+            if opts.dropout.is_some_and(|d| d.p > 0.0) =>
+        {
             AttentionBackend::Reference(
-                "attention dropout is not in the CUDA kernel yet: using the reference".into(),
+                "attention dropout is not in the GPU kernels yet: using the reference".into(),
             )
         }
         b => b,
@@ -106,6 +114,11 @@ pub fn flash_attention_with_backend(
         AttentionBackend::CudaFused => Ok((
             cuda::cuda_fused(q, k, v, opts, dims)?,
             AttentionBackend::CudaFused,
+        )),
+        #[cfg(feature = "metal")]
+        AttentionBackend::MetalFused => Ok((
+            metal::metal_fused(q, k, v, opts, dims)?,
+            AttentionBackend::MetalFused,
         )),
         reference => Ok((reference::attention(q, k, v, opts, dims)?, reference)),
     }
@@ -139,8 +152,15 @@ fn select_backend(q: &Tensor, dims: &Dims) -> AttentionBackend {
             "candle-zoo was built without its `cuda` feature: no fused CUDA kernel, using the reference"
                 .into(),
         ),
+        #[cfg(feature = "metal")]
+        (Device::Metal(dev), dt) => match metal::unsupported_reason(dev, dt, dims.d) {
+            None => AttentionBackend::MetalFused,
+            Some(reason) => AttentionBackend::Reference(reason),
+        },
+        #[cfg(not(feature = "metal"))]
         (Device::Metal(_), _) => AttentionBackend::Reference(
-            "no fused Metal attention kernel in this build yet: using the reference".into(),
+            "candle-zoo was built without its `metal` feature: no fused Metal kernel, using the reference"
+                .into(),
         ),
     }
 }

@@ -1,7 +1,10 @@
-//! Shared by the CUDA kernel tests: test cases, random data, and the fused attention run
-//! through candle on any device (the CPU kernel is the baseline the CUDA kernels must match).
+//! Shared by the GPU kernel tests (CUDA, Metal, and their CPU emulators): test cases, random
+//! data, and the fused attention run through candle on any device (the CPU kernel is the
+//! baseline the GPU kernels must match).
 
 #![allow(dead_code)] // each test file uses a subset
+
+pub mod emulator;
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -107,7 +110,10 @@ pub fn run_attention(c: &Case, x: &Data, dev: &Device, dt: DType, imp: Impl) -> 
     let out = match imp {
         Impl::Fused => {
             let (out, backend) = flash_attention_with_backend(&q, &k, &v, &opts)?;
-            if !matches!(backend, AttentionBackend::CpuFused | AttentionBackend::CudaFused) {
+            if !matches!(
+                backend,
+                AttentionBackend::CpuFused | AttentionBackend::CudaFused | AttentionBackend::MetalFused
+            ) {
                 return Err(format!("the fused kernel was not taken on {dev:?} {dt:?}: {backend:?}").into());
             }
             out
@@ -134,4 +140,39 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
         })
         .fold(0f64, f64::max);
     worst / scale
+}
+
+/// Runs case `c` on the GPU device `dev` for each `(dtype, tolerance)`: output and gradients
+/// against the f64 reference (within the tolerance) and, in f32, against the CPU kernel (2e-5).
+pub fn check_on_device(dev: &Device, c: &Case, seed: u64, dtypes: &[(DType, f64)]) -> Result<()> {
+    let raw = make_data(c, seed);
+    for &(dt, tol) in dtypes {
+        let x = Data {
+            q: rounded(&raw.q, dt)?,
+            k: rounded(&raw.k, dt)?,
+            v: rounded(&raw.v, dt)?,
+            dout: rounded(&raw.dout, dt)?,
+            mask: raw.mask.clone(),
+        };
+        let got = run_attention(c, &x, dev, dt, Impl::Fused)?;
+        let exact = run_attention(c, &x, &Device::Cpu, DType::F64, Impl::Reference)?;
+        let cpu = run_attention(c, &x, &Device::Cpu, DType::F32, Impl::Fused)?;
+        let label = format!(
+            "{dt:?} b{} h{} hkv{} nq{} nk{} d{} causal={} kv_len={:?} mask={}",
+            c.b, c.h, c.hkv, c.nq, c.nk, c.d, c.causal, c.kv_lengths, c.mask
+        );
+        for (i, what) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+            let e = rel_err(&got[i], &exact[i]);
+            eprintln!("{label}: {what} error vs f64 reference {e:.2e}");
+            assert!(
+                e <= tol,
+                "{label}: {what} error vs f64 reference {e:.2e} > {tol:.0e}"
+            );
+            if dt == DType::F32 {
+                let e = rel_err(&got[i], &cpu[i]);
+                assert!(e <= 2e-5, "{label}: {what} error vs CPU kernel {e:.2e} > 2e-5");
+            }
+        }
+    }
+    Ok(())
 }

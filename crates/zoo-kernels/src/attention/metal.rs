@@ -233,7 +233,7 @@ impl MetalFlashAttention {
             Some(m) => bind_tensor(enc, index, &m.tensor, "mask").map(|_| None),
             None => {
                 let dummy = dev.new_buffer_with_data(&[0f32])?;
-                enc.set_input_buffer(index, Some(&dummy), 0);
+                enc.set_input_buffer(index, Some(&*dummy), 0);
                 Ok(Some(dummy))
             }
         }
@@ -282,9 +282,9 @@ impl CustomOp3 for MetalFlashAttention {
             bind_storage(enc, 0, qs, ql, "q")?;
             bind_storage(enc, 1, ks, kl, "k")?;
             bind_storage(enc, 2, vs, vl, "v")?;
-            enc.set_output_buffer(3, Some(&out), 0);
-            enc.set_output_buffer(4, Some(&lse), 0);
-            enc.set_input_buffer(5, Some(&kv_len), 0);
+            enc.set_output_buffer(3, Some(&*out), 0);
+            enc.set_output_buffer(4, Some(&*lse), 0);
+            enc.set_input_buffer(5, Some(&*kv_len), 0);
             let _dummy = self.bind_mask(&dev, enc, 6)?;
             enc.set_bytes(7, &params);
             dispatch(
@@ -384,7 +384,7 @@ impl CustomOp1 for MetalFlashAttentionBackward<'_> {
         enc.set_compute_pipeline_state(&pipeline(&dev, &format!("zoo_flash_bwd_delta_{sfx}"))?);
         bind_tensor(enc, 0, self.out, "output")?;
         bind_storage(enc, 1, dout, dl, "output gradient")?;
-        enc.set_output_buffer(2, Some(&delta), 0);
+        enc.set_output_buffer(2, Some(&*delta), 0);
         enc.set_bytes(3, &(rows as i64));
         enc.set_bytes(4, &(d as i32));
         dispatch(enc, size(rows.div_ceil(THREADS), 1), 0);
@@ -395,10 +395,10 @@ impl CustomOp1 for MetalFlashAttentionBackward<'_> {
         bind_tensor(enc, 1, self.k, "k")?;
         bind_tensor(enc, 2, self.v, "v")?;
         bind_storage(enc, 3, dout, dl, "output gradient")?;
-        enc.set_input_buffer(4, Some(self.lse), 0);
-        enc.set_input_buffer(5, Some(&delta), 0);
-        enc.set_output_buffer(6, Some(&grads), 0);
-        enc.set_input_buffer(7, Some(&kv_len), 0);
+        enc.set_input_buffer(4, Some(&**self.lse), 0);
+        enc.set_input_buffer(5, Some(&*delta), 0);
+        enc.set_output_buffer(6, Some(&*grads), 0);
+        enc.set_input_buffer(7, Some(&*kv_len), 0);
         let _dummy = self.fwd.bind_mask(&dev, enc, 8)?;
         enc.set_bytes(9, &params);
         dispatch(enc, size(nq.div_ceil(DQ_BM), b * h), tg_bytes(Kernel::Dq, d));
@@ -409,11 +409,11 @@ impl CustomOp1 for MetalFlashAttentionBackward<'_> {
         bind_tensor(enc, 1, self.k, "k")?;
         bind_tensor(enc, 2, self.v, "v")?;
         bind_storage(enc, 3, dout, dl, "output gradient")?;
-        enc.set_input_buffer(4, Some(self.lse), 0);
-        enc.set_input_buffer(5, Some(&delta), 0);
-        enc.set_output_buffer(6, Some(&grads), nqe * esz);
-        enc.set_output_buffer(7, Some(&grads), (nqe + nke) * esz);
-        enc.set_input_buffer(8, Some(&kv_len), 0);
+        enc.set_input_buffer(4, Some(&**self.lse), 0);
+        enc.set_input_buffer(5, Some(&*delta), 0);
+        enc.set_output_buffer(6, Some(&*grads), nqe * esz);
+        enc.set_output_buffer(7, Some(&*grads), (nqe + nke) * esz);
+        enc.set_input_buffer(8, Some(&*kv_len), 0);
         let _dummy2 = self.fwd.bind_mask(&dev, enc, 9)?;
         enc.set_bytes(10, &params);
         dispatch(enc, size(nk.div_ceil(KV_BN), b * hkv), tg_bytes(Kernel::Dkdv, d));

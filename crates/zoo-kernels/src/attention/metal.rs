@@ -87,6 +87,15 @@ fn pipeline(dev: &MetalDevice, name: &str) -> Result<ComputePipeline> {
         .metal_device()
         .new_compute_pipeline_state_with_function(&func)
         .map_err(|e| metal_err(&format!("pipeline {name}"), e))?;
+    // A kernel that uses many registers may be limited to fewer threads per threadgroup; the
+    // kernels' index arithmetic assumes exactly THREADS.
+    let max = p.max_total_threads_per_threadgroup();
+    if max < THREADS {
+        return Err(metal_err(
+            &format!("kernel {name}"),
+            format!("this GPU runs at most {max} threads per threadgroup, the kernel needs {THREADS}"),
+        ));
+    }
     cache.pipelines.insert((id, name.to_string()), p.clone());
     Ok(p)
 }
@@ -185,10 +194,11 @@ fn size(width: usize, height: usize) -> MTLSize {
     }
 }
 
-/// Dispatches `groups` threadgroups of [`THREADS`] threads with `tg` bytes of threadgroup memory.
+/// Dispatches `groups` threadgroups of [`THREADS`] threads with `tg` bytes of threadgroup memory
+/// (Metal wants a multiple of 16 bytes).
 fn dispatch(enc: &ComputeCommandEncoder, groups: MTLSize, tg: usize) {
     if tg > 0 {
-        enc.set_threadgroup_memory_length(0, tg);
+        enc.set_threadgroup_memory_length(0, tg.div_ceil(16) * 16);
     }
     enc.dispatch_thread_groups(groups, size(THREADS, 1));
 }

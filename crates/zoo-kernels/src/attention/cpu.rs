@@ -15,7 +15,7 @@
 //! build would otherwise leave them at SSE2).
 
 use super::dropout::DropoutParams;
-use super::microkernel::{nn, tn};
+use super::microkernel::{nn, pack_transposed, tn};
 use crate::math::exp_f32;
 use crate::parallel::{for_each_index, DisjointMut};
 
@@ -196,18 +196,6 @@ fn zeroed(n: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
     v.resize(n, 0.0);
     v
-}
-
-/// Packs `rows` rows of `src` (row stride `d`) transposed and scaled into `dst` `(d × rp)`,
-/// with columns `rows..rp` zero.
-#[inline(always)]
-fn pack_transposed(dst: &mut [f32], src: &[f32], rows: usize, rp: usize, d: usize, scale: f32) {
-    dst[..d * rp].fill(0.0);
-    for r in 0..rows {
-        for (e, &x) in src[r * d..(r + 1) * d].iter().enumerate() {
-            dst[e * rp + r] = x * scale;
-        }
-    }
 }
 
 /// Adds the additive mask to a transposed score block `st (bk × rp)` for stacked rows

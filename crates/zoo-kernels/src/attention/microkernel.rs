@@ -90,6 +90,57 @@ fn product<const TA: bool>(
     portable(m, n, k, TA, a, lda, b, ldb, c, ldc, accumulate);
 }
 
+/// Packs `rows` rows of `src` (row stride `d`) transposed and scaled into `dst` `(d × rp)`:
+/// `dst[e·rp + r] = scale · src[r·d + e]`, with columns `rows..rp` zero. Whole 16 × 16 tiles
+/// go through an in-register AVX-512 transpose (a scalar loop writes `dst` with stride `rp`,
+/// one cache line per element); the edges use the loop.
+pub(crate) fn pack_transposed(dst: &mut [f32], src: &[f32], rows: usize, rp: usize, d: usize, scale: f32) {
+    assert!(
+        rows <= rp && dst.len() >= d * rp && src.len() >= rows * d,
+        "pack_transposed: buffers too small"
+    );
+    for e in 0..d {
+        dst[e * rp + rows..(e + 1) * rp].fill(0.0);
+    }
+    let (mut full_r, full_e) = (rows / 16 * 16, d / 16 * 16);
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        for r0 in (0..full_r).step_by(16) {
+            for e0 in (0..full_e).step_by(16) {
+                // SAFETY: AVX-512F is present; the tile reads rows r0..r0+16, columns e0..e0+16
+                // of src (inside rows × d) and writes rows e0..e0+16, columns r0..r0+16 of dst
+                // (inside d × rp, as r0 + 16 <= rows <= rp), checked by the assert above.
+                unsafe {
+                    avx512::transpose16(
+                        src.as_ptr().add(r0 * d + e0),
+                        d,
+                        dst.as_mut_ptr().add(e0 * rp + r0),
+                        rp,
+                        scale,
+                    )
+                };
+            }
+        }
+    } else {
+        full_r = 0;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        full_r = 0;
+    }
+    let scalar = |r: usize, e_from: usize, dst: &mut [f32]| {
+        for e in e_from..d {
+            dst[e * rp + r] = src[r * d + e] * scale;
+        }
+    };
+    for r in 0..full_r {
+        scalar(r, full_e, dst);
+    }
+    for r in full_r..rows {
+        scalar(r, 0, dst);
+    }
+}
+
 multiversion! {
     /// Loop version: row of C += scalar of A × row of B (vectorizes along `j`).
     fn portable(
@@ -135,6 +186,47 @@ mod avx512 {
 
     /// Tiles of `MR` rows × `NV`·16 columns.
     const MR: usize = 6;
+
+    /// `dst[i·ld_dst + j] = scale · src[j·ld_src + i]` for a 16 × 16 tile.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose16(
+        src: *const f32,
+        ld_src: usize,
+        dst: *mut f32,
+        ld_dst: usize,
+        scale: f32,
+    ) {
+        let s = _mm512_set1_ps(scale);
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (i, x) in r.iter_mut().enumerate() {
+            *x = _mm512_mul_ps(_mm512_loadu_ps(src.add(i * ld_src)), s);
+        }
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for i in 0..4 {
+            let a = [0, 1, 2, 3].map(|j| _mm512_castps_pd(t[4 * i + j]));
+            r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a[0], a[2]));
+            r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a[0], a[2]));
+            r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a[1], a[3]));
+            r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a[1], a[3]));
+        }
+        for i in 0..2 {
+            for j in 0..4 {
+                t[8 * i + j] = _mm512_shuffle_f32x4::<0x88>(r[8 * i + j], r[8 * i + 4 + j]);
+                t[8 * i + 4 + j] = _mm512_shuffle_f32x4::<0xdd>(r[8 * i + j], r[8 * i + 4 + j]);
+            }
+        }
+        for j in 0..8 {
+            r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[8 + j]);
+            r[8 + j] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[8 + j]);
+        }
+        for (i, x) in r.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(i * ld_dst), *x);
+        }
+    }
 
     /// One `mr × 16·nv` tile, `mr <= 6`, `nv <= 4`: the accumulators stay in registers.
     #[target_feature(enable = "avx512f")]
@@ -254,6 +346,32 @@ mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn packing_transposes_scales_and_zero_pads() {
+        for &(rows, rp, d) in &[
+            (0usize, 16usize, 8usize),
+            (1, 16, 1),
+            (16, 16, 16),
+            (37, 48, 64),
+            (64, 64, 70),
+            (130, 144, 33),
+        ] {
+            let src: Vec<f32> = (0..rows * d).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let mut dst = vec![f32::NAN; d * rp + 3];
+            pack_transposed(&mut dst, &src, rows, rp, d, 2.0);
+            for e in 0..d {
+                for r in 0..rp {
+                    let want = if r < rows { src[r * d + e] * 2.0 } else { 0.0 };
+                    assert_eq!(dst[e * rp + r], want, "rows {rows} rp {rp} d {d}: ({e}, {r})");
+                }
+            }
+            assert!(
+                dst[d * rp..].iter().all(|x| x.is_nan()),
+                "nothing written past d × rp"
+            );
+        }
     }
 
     #[test]

@@ -13,29 +13,14 @@
 #include <cstdlib>
 #include <string>
 
+#include "../emu_common/io.h"
+
 #include "../../kernels/cuda/flash_attention.cu"
 
 namespace {
 
-template <typename X>
-X read1(FILE* f) {
-  X x;
-  if (fread(&x, sizeof(X), 1, f) != 1) {
-    fprintf(stderr, "run_attention: input file too short\n");
-    exit(2);
-  }
-  return x;
-}
-
-template <typename X>
-std::vector<X> readn(FILE* f, size_t n) {
-  std::vector<X> v(n);
-  if (n && fread(v.data(), sizeof(X), n, f) != n) {
-    fprintf(stderr, "run_attention: input file too short\n");
-    exit(2);
-  }
-  return v;
-}
+using zoo_emu_io::read1;
+using zoo_emu_io::readn;
 
 template <typename T>
 std::vector<T> narrow(const std::vector<float>& x) {

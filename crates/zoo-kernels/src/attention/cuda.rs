@@ -11,7 +11,8 @@
 //! an opt-in above 48 KiB and a GPU that offers enough: [`unsupported_reason`] checks it, and
 //! the dispatcher falls back to the reference with that reason otherwise.
 
-use super::{kv_lengths_host, mask_dims4, scale_of, AttentionMask, AttentionOptions, Dims};
+use super::device_mask::DeviceMask;
+use super::{kv_lengths_host, scale_of, AttentionOptions, Dims};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     sys, CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
@@ -82,38 +83,6 @@ struct ShapeArgs {
     causal: i32,
     has_mask: i32,
     strides: [i64; 4],
-}
-
-/// An additive f32 mask on the GPU with broadcast strides over `(batch, heads, q_len, kv_len)`.
-struct DeviceMask {
-    tensor: Tensor,
-    strides: [i64; 4],
-}
-
-impl DeviceMask {
-    fn new(mask: &AttentionMask) -> Result<Self> {
-        let (t, allow) = match mask {
-            AttentionMask::Allow(t) => (t, true),
-            AttentionMask::Additive(t) => (t, false),
-        };
-        let dims = mask_dims4(t);
-        let t4 = t.reshape(dims.as_slice())?;
-        let tensor = if allow {
-            let zeros = Tensor::zeros(dims.as_slice(), DType::F32, t.device())?;
-            let forbid = Tensor::full(f32::NEG_INFINITY, dims.as_slice(), t.device())?;
-            t4.to_dtype(DType::F32)?.ne(0f64)?.where_cond(&zeros, &forbid)?
-        } else {
-            t4.to_dtype(DType::F32)?
-        }
-        .contiguous()?;
-        let mut strides = [0i64; 4];
-        let mut acc = 1i64;
-        for i in (0..4).rev() {
-            strides[i] = if dims[i] == 1 { 0 } else { acc };
-            acc *= dims[i] as i64;
-        }
-        Ok(Self { tensor, strides })
-    }
 }
 
 /// Reads a contiguous CUDA tensor's storage as a typed slice view and runs `f` on it.

@@ -13,8 +13,9 @@
 //! memory and are computed in f32. The source is compiled once per device, at first use, with
 //! fast math off (the kernels rely on IEEE infinities), and the pipelines are cached.
 
+use super::device_mask::DeviceMask;
 use super::metal_layout::{tg_bytes, Kernel, DQ_BM, FWD_BM, KV_BN, MAX_HEAD_DIM, MAX_TG_MEMORY, THREADS};
-use super::{kv_lengths_host, mask_dims4, scale_of, AttentionMask, AttentionOptions, Dims};
+use super::{kv_lengths_host, scale_of, AttentionOptions, Dims};
 use candle_core::backend::BackendStorage;
 use candle_core::metal_backend::DeviceId;
 use candle_core::{
@@ -124,39 +125,6 @@ struct Params {
     causal: i32,
     has_mask: i32,
     strides: [i64; 4],
-}
-
-/// An additive f32 mask on the GPU with broadcast strides over `(batch, heads, q_len, kv_len)`
-/// (the CUDA host's `DeviceMask`).
-struct DeviceMask {
-    tensor: Tensor,
-    strides: [i64; 4],
-}
-
-impl DeviceMask {
-    fn new(mask: &AttentionMask) -> Result<Self> {
-        let (t, allow) = match mask {
-            AttentionMask::Allow(t) => (t, true),
-            AttentionMask::Additive(t) => (t, false),
-        };
-        let dims = mask_dims4(t);
-        let t4 = t.reshape(dims.as_slice())?;
-        let tensor = if allow {
-            let zeros = Tensor::zeros(dims.as_slice(), DType::F32, t.device())?;
-            let forbid = Tensor::full(f32::NEG_INFINITY, dims.as_slice(), t.device())?;
-            t4.to_dtype(DType::F32)?.ne(0f64)?.where_cond(&zeros, &forbid)?
-        } else {
-            t4.to_dtype(DType::F32)?
-        }
-        .contiguous()?;
-        let mut strides = [0i64; 4];
-        let mut acc = 1i64;
-        for i in (0..4).rev() {
-            strides[i] = if dims[i] == 1 { 0 } else { acc };
-            acc *= dims[i] as i64;
-        }
-        Ok(Self { tensor, strides })
-    }
 }
 
 /// A contiguous Metal tensor's buffer and byte offset, kept alive by the storage guard's owner.
@@ -399,14 +367,20 @@ impl CustomOp1 for MetalFlashAttentionBackward<'_> {
         enc.set_bytes(4, &(d as i32));
         dispatch(enc, size(rows.div_ceil(THREADS), 1), 0);
 
+        // Buffers 0..=5 of both gradient kernels: q, k, v, dO, lse, delta.
+        let bind_inputs = |enc: &ComputeCommandEncoder| -> Result<()> {
+            bind_tensor(enc, 0, self.q, "q")?;
+            bind_tensor(enc, 1, self.k, "k")?;
+            bind_tensor(enc, 2, self.v, "v")?;
+            bind_storage(enc, 3, dout, dl, "output gradient")?;
+            enc.set_input_buffer(4, Some(&**self.lse), 0);
+            enc.set_input_buffer(5, Some(&*delta), 0);
+            Ok(())
+        };
+
         // dQ
         enc.set_compute_pipeline_state(&pipeline(&dev, &format!("zoo_flash_bwd_dq_{sfx}"))?);
-        bind_tensor(enc, 0, self.q, "q")?;
-        bind_tensor(enc, 1, self.k, "k")?;
-        bind_tensor(enc, 2, self.v, "v")?;
-        bind_storage(enc, 3, dout, dl, "output gradient")?;
-        enc.set_input_buffer(4, Some(&**self.lse), 0);
-        enc.set_input_buffer(5, Some(&*delta), 0);
+        bind_inputs(enc)?;
         enc.set_output_buffer(6, Some(&*grads), 0);
         enc.set_input_buffer(7, Some(&*kv_len), 0);
         let _dummy = self.fwd.bind_mask(&dev, enc, 8)?;
@@ -415,12 +389,7 @@ impl CustomOp1 for MetalFlashAttentionBackward<'_> {
 
         // dK, dV
         enc.set_compute_pipeline_state(&pipeline(&dev, &format!("zoo_flash_bwd_dkdv_{sfx}"))?);
-        bind_tensor(enc, 0, self.q, "q")?;
-        bind_tensor(enc, 1, self.k, "k")?;
-        bind_tensor(enc, 2, self.v, "v")?;
-        bind_storage(enc, 3, dout, dl, "output gradient")?;
-        enc.set_input_buffer(4, Some(&**self.lse), 0);
-        enc.set_input_buffer(5, Some(&*delta), 0);
+        bind_inputs(enc)?;
         enc.set_output_buffer(6, Some(&*grads), nqe * esz);
         enc.set_output_buffer(7, Some(&*grads), (nqe + nke) * esz);
         enc.set_input_buffer(8, Some(&*kv_len), 0);

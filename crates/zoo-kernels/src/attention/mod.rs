@@ -21,6 +21,8 @@ mod cpu;
 mod cuda;
 #[doc(hidden)]
 pub mod cuda_layout;
+#[cfg(any(feature = "cuda", feature = "metal"))]
+mod device_mask;
 pub(crate) mod dropout;
 #[cfg(feature = "metal")]
 mod metal;

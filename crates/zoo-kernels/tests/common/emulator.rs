@@ -2,7 +2,7 @@
 //! the kernel source compiles as C++ against an emulation header, and `run_attention` reads a
 //! case from a file and writes the output, the row log-sum-exp and the three gradients.
 
-use super::{make_data, rel_err, rounded, run_attention, Case, Data, Impl, Result};
+use super::{make_data, rel_err, run_attention, Case, Data, Impl, Result};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,13 +138,7 @@ pub fn compare_with_cpu(bin: &Path, c: &Case, seed: u64, dtypes: &[(&str, DType,
     let tool = bin.file_name().and_then(|n| n.to_str()).unwrap_or("emu");
     let raw = make_data(c, seed);
     for &(name, dt, tol) in dtypes {
-        let x = Data {
-            q: rounded(&raw.q, dt)?,
-            k: rounded(&raw.k, dt)?,
-            v: rounded(&raw.v, dt)?,
-            dout: rounded(&raw.dout, dt)?,
-            mask: raw.mask.clone(),
-        };
+        let x = raw.rounded(dt)?;
         let want = run_attention(c, &x, &Device::Cpu, DType::F32, Impl::Fused)?;
         let got = emulated(bin, c, &x, name, &format!("{tool}_{seed}_{name}"))?;
         let label = format!(

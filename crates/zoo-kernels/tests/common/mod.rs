@@ -72,6 +72,20 @@ pub fn rounded(x: &[f32], dt: DType) -> Result<Vec<f32>> {
         .to_vec1()?)
 }
 
+impl Data {
+    /// The same data rounded to `dt` and back (the mask stays f32), so every implementation
+    /// sees exactly the inputs a `dt` kernel sees.
+    pub fn rounded(&self, dt: DType) -> Result<Data> {
+        Ok(Data {
+            q: rounded(&self.q, dt)?,
+            k: rounded(&self.k, dt)?,
+            v: rounded(&self.v, dt)?,
+            dout: rounded(&self.dout, dt)?,
+            mask: self.mask.clone(),
+        })
+    }
+}
+
 /// Which implementation [`run_attention`] calls.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Impl {
@@ -147,13 +161,7 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
 pub fn check_on_device(dev: &Device, c: &Case, seed: u64, dtypes: &[(DType, f64)]) -> Result<()> {
     let raw = make_data(c, seed);
     for &(dt, tol) in dtypes {
-        let x = Data {
-            q: rounded(&raw.q, dt)?,
-            k: rounded(&raw.k, dt)?,
-            v: rounded(&raw.v, dt)?,
-            dout: rounded(&raw.dout, dt)?,
-            mask: raw.mask.clone(),
-        };
+        let x = raw.rounded(dt)?;
         let got = run_attention(c, &x, dev, dt, Impl::Fused)?;
         let exact = run_attention(c, &x, &Device::Cpu, DType::F64, Impl::Reference)?;
         let cpu = run_attention(c, &x, &Device::Cpu, DType::F32, Impl::Fused)?;

@@ -2,6 +2,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+use std::sync::{Mutex, MutexGuard};
 
 /// The f32 elements of a contiguous CPU tensor; `op` and `name` make the error say which input
 /// of which op was wrong (`"flash attention: q must be contiguous"`).
@@ -27,4 +28,18 @@ pub(crate) fn storage_f32<'a>(s: &'a Storage, l: &Layout, op: &str, name: &str) 
 pub(crate) fn grad_like(v: Option<Vec<f32>>, like: &Tensor) -> Result<Option<Tensor>> {
     v.map(|v| Tensor::from_vec(v, like.shape(), like.device()))
         .transpose()
+}
+
+/// Locks what an op's forward pass kept for its backward pass (`op` names the op in the error).
+pub(crate) fn lock_state<'a, T>(state: &'a Mutex<T>, op: &str) -> Result<MutexGuard<'a, T>> {
+    state
+        .lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{op}: state lock poisoned")))
+}
+
+/// The value a forward pass saved, or an error when the backward pass runs first.
+pub(crate) fn saved<'a, T>(guard: &'a MutexGuard<'_, Option<T>>, op: &str) -> Result<&'a T> {
+    guard
+        .as_ref()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: backward called before the forward pass ran")))
 }

@@ -11,7 +11,7 @@
 
 use crate::bias::column_sums;
 use crate::gemm::{matmul, MatRef};
-use crate::host::{f32_slice, grad_like, storage_f32};
+use crate::host::{f32_slice, grad_like, lock_state, storage_f32};
 use crate::parallel::{for_each_index, DisjointMut};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use std::mem::MaybeUninit;
@@ -326,10 +326,7 @@ impl CustomOp3 for LinearOp {
             *last = b.len();
         }
         let (y, pre) = forward(x, w, b, self.act, self.needs_grad);
-        *self
-            .pre
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("linear: state lock poisoned".into()))? = pre;
+        *lock_state(&self.pre, "linear")? = pre;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
@@ -347,10 +344,7 @@ impl CustomOp3 for LinearOp {
         }
         let grad = grad.contiguous()?;
         let out = bias.dim(0)?;
-        let pre_guard = self
-            .pre
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("linear: state lock poisoned".into()))?;
+        let pre_guard = lock_state(&self.pre, "linear")?;
         if self.act == Act::Gelu && pre_guard.is_none() {
             candle_core::bail!("linear: backward called before the forward pass ran");
         }

@@ -6,7 +6,7 @@
 //! run on candle's worker pool, and compute in f32. Other devices and dtypes use the composed
 //! reference, which callers get from [`layer_norm`] / [`rms_norm`] automatically.
 
-use crate::host::storage_f32;
+use crate::host::{lock_state, saved, storage_f32};
 use crate::parallel::{build_vec, for_each_index, DisjointMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use std::sync::Mutex;
@@ -233,21 +233,13 @@ impl NormOp {
         let bs = b.map(|(s, l)| f32_of(s, l, "bias")).transpose()?;
         let c = ws.len();
         let (y, mean, rstd) = self.forward(xs, ws, bs, c);
-        *self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("norm: state lock poisoned".into()))? = Some((mean, rstd));
+        *lock_state(&self.stats, "norm")? = Some((mean, rstd));
         Ok((CpuStorage::F32(y), x.1.shape().clone()))
     }
 
     fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let guard = self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("norm: state lock poisoned".into()))?;
-        let Some((mean, rstd)) = guard.as_ref() else {
-            candle_core::bail!("norm: backward called before the forward pass ran")
-        };
+        let guard = lock_state(&self.stats, "norm")?;
+        let (mean, rstd) = saved(&guard, "norm")?;
         let dy = dy.contiguous()?;
         // Read the inputs in place (copying them out was three extra passes per backward).
         let (dx, dw, db) = {

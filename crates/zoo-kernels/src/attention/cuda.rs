@@ -11,8 +11,9 @@
 //! an opt-in above 48 KiB and a GPU that offers enough: [`unsupported_reason`] checks it, and
 //! the dispatcher falls back to the reference with that reason otherwise.
 
-use super::device_mask::DeviceMask;
+use super::gpu_common::{split_grads, DeviceMask};
 use super::{kv_lengths_host, scale_of, AttentionOptions, Dims};
+use crate::host::{lock_state, saved};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     sys, CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
@@ -216,10 +217,7 @@ impl CudaFlashAttention {
                 Ok(())
             })?;
         }
-        *self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("flash attention: state lock poisoned".into()))? = Some(lse);
+        *lock_state(&self.lse, "flash attention")? = Some(lse);
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 }
@@ -284,13 +282,8 @@ impl CustomOp3 for CudaFlashAttention {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let guard = self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("flash attention: state lock poisoned".into()))?;
-        let Some(lse) = guard.as_ref() else {
-            candle_core::bail!("flash attention: backward called before the forward pass ran")
-        };
+        let guard = lock_state(&self.lse, "flash attention")?;
+        let lse = saved(&guard, "flash attention")?;
         let dout = grad_res.to_dtype(q.dtype())?.contiguous()?;
         let op = CudaFlashAttentionBackward {
             fwd: self,
@@ -300,13 +293,7 @@ impl CustomOp3 for CudaFlashAttention {
             out: res,
             lse,
         };
-        let all = dout.apply_op1_no_bwd(&op)?;
-        let (nqe, nke) = (q.elem_count(), k.elem_count());
-        Ok((
-            Some(all.narrow(0, 0, nqe)?.reshape(q.shape())?),
-            Some(all.narrow(0, nqe, nke)?.reshape(k.shape())?),
-            Some(all.narrow(0, nqe + nke, nke)?.reshape(v.shape())?),
-        ))
+        split_grads(&dout.apply_op1_no_bwd(&op)?, q, k, v)
     }
 }
 

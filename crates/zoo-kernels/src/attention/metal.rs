@@ -13,9 +13,10 @@
 //! memory and are computed in f32. The source is compiled once per device, at first use, with
 //! fast math off (the kernels rely on IEEE infinities), and the pipelines are cached.
 
-use super::device_mask::DeviceMask;
+use super::gpu_common::{split_grads, DeviceMask};
 use super::metal_layout::{tg_bytes, Kernel, DQ_BM, FWD_BM, KV_BN, MAX_HEAD_DIM, MAX_TG_MEMORY, THREADS};
 use super::{kv_lengths_host, scale_of, AttentionOptions, Dims};
+use crate::host::{lock_state, saved};
 use candle_core::backend::BackendStorage;
 use candle_core::metal_backend::DeviceId;
 use candle_core::{
@@ -271,10 +272,7 @@ impl CustomOp3 for MetalFlashAttention {
                 tg_bytes(Kernel::Forward, d),
             );
         }
-        *self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("flash attention: state lock poisoned".into()))? = Some(lse);
+        *lock_state(&self.lse, "flash attention")? = Some(lse);
         Ok((
             MetalStorage::new(out, dev, rows * d, dt),
             Shape::from((b, h, nq, d)),
@@ -298,13 +296,8 @@ impl CustomOp3 for MetalFlashAttention {
                 Some(v.zeros_like()?),
             ));
         }
-        let guard = self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("flash attention: state lock poisoned".into()))?;
-        let Some(lse) = guard.as_ref() else {
-            candle_core::bail!("flash attention: backward called before the forward pass ran")
-        };
+        let guard = lock_state(&self.lse, "flash attention")?;
+        let lse = saved(&guard, "flash attention")?;
         let dout = grad_res.to_dtype(q.dtype())?.contiguous()?;
         let op = MetalFlashAttentionBackward {
             fwd: self,
@@ -314,13 +307,7 @@ impl CustomOp3 for MetalFlashAttention {
             out: res,
             lse,
         };
-        let all = dout.apply_op1_no_bwd(&op)?;
-        let (nqe, nke) = (q.elem_count(), k.elem_count());
-        Ok((
-            Some(all.narrow(0, 0, nqe)?.reshape(q.shape())?),
-            Some(all.narrow(0, nqe, nke)?.reshape(k.shape())?),
-            Some(all.narrow(0, nqe + nke, nke)?.reshape(v.shape())?),
-        ))
+        split_grads(&dout.apply_op1_no_bwd(&op)?, q, k, v)
     }
 }
 

@@ -21,9 +21,9 @@ mod cpu;
 mod cuda;
 #[doc(hidden)]
 pub mod cuda_layout;
-#[cfg(any(feature = "cuda", feature = "metal"))]
-mod device_mask;
 pub(crate) mod dropout;
+#[cfg(any(feature = "cuda", feature = "metal"))]
+mod gpu_common;
 #[cfg(feature = "metal")]
 mod metal;
 pub mod metal_layout;

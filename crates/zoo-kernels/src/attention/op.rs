@@ -4,6 +4,7 @@
 
 use super::cpu::{self, MaskRef, Params};
 use super::{kv_lengths_host, mask_dims4, scale_of, AttentionMask, AttentionOptions, Dims};
+use crate::host::{lock_state, saved};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, StorageRef, Tensor};
 use std::sync::Mutex;
 
@@ -109,10 +110,7 @@ impl CustomOp3 for FlashAttention {
             f32_slice(s3, l3, "v")?,
         );
         let (out, lse) = cpu::forward(q, k, v, &self.params());
-        *self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("flash attention: state lock poisoned".into()))? = Some(lse);
+        *lock_state(&self.lse, "flash attention")? = Some(lse);
         let Dims { b, h, nq, d, .. } = self.dims;
         Ok((CpuStorage::F32(out), Shape::from((b, h, nq, d))))
     }
@@ -125,13 +123,8 @@ impl CustomOp3 for FlashAttention {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let lse_guard = self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("flash attention: state lock poisoned".into()))?;
-        let Some(lse) = lse_guard.as_ref() else {
-            candle_core::bail!("flash attention: backward called before the forward pass ran")
-        };
+        let lse_guard = lock_state(&self.lse, "flash attention")?;
+        let lse = saved(&lse_guard, "flash attention")?;
         let dout = grad_res.to_dtype(DType::F32)?.contiguous()?;
         let views = [
             HostView::new(q, "q"),

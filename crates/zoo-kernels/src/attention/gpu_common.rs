@@ -1,5 +1,6 @@
-//! The attention mask as the GPU kernels read it (CUDA and Metal): one additive f32 tensor on
-//! the device, broadcast to `(batch, heads, q_len, kv_len)` through four strides.
+//! What the CUDA and Metal hosts share: the attention mask as their kernels read it (one additive
+//! f32 tensor on the device, broadcast to `(batch, heads, q_len, kv_len)` through four strides),
+//! and the split of their backward op's single `[dq | dk | dv]` buffer.
 
 use super::{mask_dims4, AttentionMask};
 use candle_core::{DType, Result, Tensor};
@@ -37,4 +38,19 @@ impl DeviceMask {
         }
         Ok(Self { tensor, strides })
     }
+}
+
+/// The gradients of q, k and v from the flattened `[dq | dk | dv]` a backward kernel op returns.
+pub(crate) fn split_grads(
+    all: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (nqe, nke) = (q.elem_count(), k.elem_count());
+    Ok((
+        Some(all.narrow(0, 0, nqe)?.reshape(q.shape())?),
+        Some(all.narrow(0, nqe, nke)?.reshape(k.shape())?),
+        Some(all.narrow(0, nqe + nke, nke)?.reshape(v.shape())?),
+    ))
 }

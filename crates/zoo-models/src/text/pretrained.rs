@@ -23,6 +23,11 @@ pub struct PretrainedFiles {
 }
 
 impl PretrainedFiles {
+    /// The text of `config.json`; the error names the file.
+    pub fn config_text(&self) -> Result<String> {
+        std::fs::read_to_string(&self.config).map_err(|e| msg(format!("{}: {e}", self.config.display())))
+    }
+
     /// `repo_or_dir` is a directory holding the files, or a hub id such as
     /// `sentence-transformers/all-MiniLM-L6-v2` (cache first; downloads only when online).
     pub fn resolve(repo_or_dir: &str, opts: &HubOptions) -> Result<Self> {
@@ -149,8 +154,7 @@ impl Bert {
         device: &Device,
     ) -> Result<(Self, PretrainedFiles)> {
         let files = PretrainedFiles::resolve(repo_or_dir, opts)?;
-        let text = std::fs::read_to_string(&files.config)
-            .map_err(|e| msg(format!("{}: {e}", files.config.display())))?;
+        let text = files.config_text()?;
         let cfg =
             BertConfig::from_json(&text).map_err(|e| msg(format!("{}: {e}", files.config.display())))?;
         cfg.validate()?;
@@ -217,8 +221,7 @@ impl BertForSequenceClassification {
         device: &Device,
     ) -> Result<(Self, PretrainedFiles)> {
         let files = PretrainedFiles::resolve(repo_or_dir, opts)?;
-        let text = std::fs::read_to_string(&files.config)
-            .map_err(|e| msg(format!("{}: {e}", files.config.display())))?;
+        let text = files.config_text()?;
         let raw: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| msg(format!("{}: invalid JSON: {e}", files.config.display())))?;
         let cfg = BertConfig::from_json(&text)?;

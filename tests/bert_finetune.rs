@@ -2,6 +2,8 @@
 //! frozen parameters bit-identical after optimizer steps while trained ones move, the three
 //! problem types' losses, save → reload giving identical logits, and a short run that learns.
 
+mod common;
+
 use candle_zoo::candle_core::{DType, Device, Tensor};
 use candle_zoo::candle_nn::{VarBuilder, VarMap};
 use candle_zoo::models::text::pretrained::load_into_varmap;
@@ -10,6 +12,7 @@ use candle_zoo::models::text::{
 };
 use candle_zoo::train::optim::named_params;
 use candle_zoo::train::OptimizerConfig;
+use common::max_abs_diff;
 
 fn tiny() -> BertConfig {
     BertConfig {
@@ -277,14 +280,7 @@ fn lora_trains_adapters_only_and_merges_exactly() {
     let after = m.forward(&ids, &mask, false).unwrap();
     assert_ne!(after.to_vec2::<f32>().unwrap(), before, "adapters did not learn");
     let merged = m.merged().unwrap().forward(&ids, &mask, false).unwrap();
-    let d = (&after - &merged)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&after, &merged);
     assert!(d < 1e-5, "merged differs by {d}");
 
     let dir = tempfile::tempdir().unwrap();

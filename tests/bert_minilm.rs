@@ -29,17 +29,6 @@ fn sentences() -> Vec<String> {
         .collect()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn minilm_matches_sentence_transformers() {
     let Some(dir) = common::shared("models/all-MiniLM-L6-v2") else {
@@ -66,13 +55,13 @@ fn minilm_matches_sentence_transformers() {
     let m = mask.to_dtype(DType::F32).unwrap().unsqueeze(D::Minus1).unwrap();
     let got = hidden.broadcast_mul(&m).unwrap();
     let exp = want["token_embeddings"].broadcast_mul(&m).unwrap();
-    let e = max_abs_diff(&got, &exp);
+    let e = common::max_abs_diff(&got, &exp);
     eprintln!("hidden states: max abs error {e:.2e}");
     assert!(e <= 1e-4, "hidden states differ by {e:.2e}");
 
     let emb = enc.embed(&texts).expect("embed");
     let exp = &want["sentence_embedding"];
-    let e = max_abs_diff(&emb, exp);
+    let e = common::max_abs_diff(&emb, exp);
     let cos = (&emb * exp).unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
     eprintln!("sentence embeddings: max abs error {e:.2e}, cosines {cos:?}");
     assert!(e <= 1e-4, "embeddings differ by {e:.2e}");
@@ -80,7 +69,7 @@ fn minilm_matches_sentence_transformers() {
 
     // Batching does not change a sentence's embedding: alone equals inside the padded batch.
     let alone = enc.embed(&texts[1..2]).expect("embed one");
-    let e = max_abs_diff(&alone, &emb.narrow(0, 1, 1).unwrap());
+    let e = common::max_abs_diff(&alone, &emb.narrow(0, 1, 1).unwrap());
     assert!(e <= 1e-5, "padding changed the embedding by {e:.2e}");
 }
 
@@ -111,7 +100,7 @@ fn loads_from_a_hub_cache_offline_and_reports_what_is_missing() {
         SentenceEncoder::from_pretrained(dir.to_str().expect("utf-8"), &offline, &Device::Cpu).expect("dir");
     let t = ["Offline works."];
     assert_eq!(
-        max_abs_diff(&enc.embed(&t).unwrap(), &local.embed(&t).unwrap()),
+        common::max_abs_diff(&enc.embed(&t).unwrap(), &local.embed(&t).unwrap()),
         0.0
     );
 }
@@ -185,7 +174,7 @@ fn encode_in_length_sorted_batches_keeps_the_order() {
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let all = enc.embed(&texts).expect("one batch");
     let batched = enc.encode(&texts, 2).expect("batches of 2");
-    let e = max_abs_diff(&all, &batched);
+    let e = common::max_abs_diff(&all, &batched);
     assert!(e <= 1e-5, "{e:.2e}");
     assert!(enc.encode(&texts, 0).is_err());
 }

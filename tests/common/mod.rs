@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use candle_zoo::candle_core::Tensor;
 use std::path::PathBuf;
 
 /// `../shared/<sub>` beside the checkout, or `None` after printing why the test is skipped.
@@ -64,4 +65,13 @@ pub fn rel_err(a: &candle_zoo::candle_core::Tensor, b: &candle_zoo::candle_core:
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-12);
     a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// `max |a − b|` over all elements (f32 tensors of one shape).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("max_abs_diff: tensors of one shape and dtype f32")
 }

@@ -10,10 +10,13 @@
 //! Scores are kept transposed, `Sᵀ = K · (scale·Q)ᵀ` as (keys × query rows): the online
 //! softmax then runs down the columns, vectorized across query rows, with no horizontal
 //! reductions; `Qᵀ` (and `dOᵀ`) are packed once per query block, K and V are used in place.
+//! Groups of at most `decode::MAX_ROWS` stacked rows (decoding a token) would leave most of
+//! those lanes padding: their forward runs row-major in `decode.rs` instead.
 //! Block products are the register-tiled micro-kernels of `microkernel.rs`; the loops between
 //! them are compiled for AVX-512, AVX2+FMA and the baseline and chosen at run time (a portable
 //! build would otherwise leave them at SSE2).
 
+use super::decode;
 use super::dropout::DropoutParams;
 use super::microkernel::{nn, pack_transposed, tn};
 use crate::math::exp_f32;
@@ -65,7 +68,7 @@ impl Params<'_> {
     /// Keys `j < hi` are visible to query `i` of batch `b` (before the additive mask): the
     /// key-padding length, and with `causal` the bottom-right diagonal `j <= i + nk - nq`.
     #[inline(always)]
-    fn hi(&self, b: usize, i: usize) -> usize {
+    pub(super) fn hi(&self, b: usize, i: usize) -> usize {
         let Dims { nq, nk, .. } = self.dims;
         let mut hi = nk;
         if let Some(len) = self.kv_len {
@@ -236,9 +239,23 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params) -> (Vec<f32>,
     if rows == 0 || d == 0 {
         return (out, lse);
     }
+    let (out_w, lse_w) = (DisjointMut::new(&mut out), DisjointMut::new(&mut lse));
+    if rows <= decode::MAX_ROWS {
+        // A few rows per kv head (decoding): one item per (batch, kv head), scores row-major.
+        for_each_index(b * hkv, |bk| {
+            // SAFETY: item bk owns its group's rows `bk·rows..(bk + 1)·rows`.
+            let (o, l) = unsafe {
+                (
+                    out_w.range_mut(bk * rows * d, rows * d),
+                    lse_w.range_mut(bk * rows, rows),
+                )
+            };
+            decode::forward_group(q, k, v, p, bk / hkv, bk % hkv, o, l)
+        });
+        return (out, lse);
+    }
     // One item per (batch, kv head, query block): items write disjoint rows of `out` and `lse`.
     let blocks = rows.div_ceil(BLOCK_Q);
-    let (out_w, lse_w) = (DisjointMut::new(&mut out), DisjointMut::new(&mut lse));
     for_each_index(b * hkv * blocks, |item| {
         let (bk, blk) = (item / blocks, item % blocks);
         let (bi, kvh) = (bk / hkv, bk % hkv);
@@ -254,7 +271,7 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params) -> (Vec<f32>,
 
 multiversion! {
     /// One block of up to `BLOCK_Q` stacked query rows starting at row `r0` of group `(bi, kvh)`.
-    fn forward_block(
+    pub(super) fn forward_block(
         q: &[f32],
         k: &[f32],
         v: &[f32],

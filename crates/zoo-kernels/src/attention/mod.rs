@@ -21,6 +21,7 @@ mod cpu;
 mod cuda;
 #[doc(hidden)]
 pub mod cuda_layout;
+mod decode;
 pub(crate) mod dropout;
 #[cfg(any(feature = "cuda", feature = "metal"))]
 mod gpu_common;

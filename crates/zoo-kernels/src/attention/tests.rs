@@ -38,7 +38,8 @@ const fn case(name: &'static str, b: usize, h: usize, hkv: usize, nq: usize, nk:
 }
 
 /// Shapes: size 1 everywhere, odd sizes, several query/key blocks (64 / 128), q_len != kv_len
-/// both ways, grouped-query and multi-query attention, head dims from 1 to 256.
+/// both ways, grouped-query and multi-query attention, head dims from 1 to 256; cases with at
+/// most 8 stacked rows per kv head run the row-major decode forward (`decode.rs`).
 const CASES: &[Case] = &[
     case("all ones", 1, 1, 1, 1, 1, 1),
     case("odd", 2, 3, 3, 17, 17, 7),
@@ -48,6 +49,7 @@ const CASES: &[Case] = &[
     case("nq > nk", 1, 2, 2, 150, 20, 96),
     case("head dim 256", 1, 1, 1, 9, 140, 256),
     case("long keys", 1, 2, 2, 3, 517, 64),
+    case("decode, 8 stacked rows, odd head dim", 2, 8, 2, 2, 200, 40),
 ];
 
 fn rng(seed: u64) -> rand::rngs::StdRng {

@@ -1,0 +1,204 @@
+//! The forward pass for a handful of query rows per kv head: KV-cache decoding.
+//!
+//! `cpu.rs` keeps scores transposed, (keys × query rows), with the query rows on the SIMD lanes
+//! padded to 16. Decoding one token with grouped-query attention stacks only `heads / kv_heads`
+//! rows (4 for GQA 8/2), so three quarters of every score product and of the softmax would be
+//! padding. Here the scores are row-major instead, `S = (scale·Q) · Kᵀ` as (rows × keys), keys
+//! on the lanes: each key block of K is transposed once in cache (16 × 16 AVX-512 transposes),
+//! the softmax runs along the keys of each row, and `O += P · V` streams V. Same semantics as
+//! `cpu::forward` (masks, padding lengths, causal alignment, dropout, rows with no visible key);
+//! the backward pass is `cpu::backward`'s, from the same row log-sum-exp.
+
+use super::cpu::{Dims, Params, BLOCK_K};
+use super::microkernel::{nn, pack_transposed};
+use crate::math::exp_f32;
+
+/// Stacked query rows per kv head up to which [`forward_group`] is used: at 8 rows the
+/// transposed layout already wastes half of its 16 lanes.
+pub(crate) const MAX_ROWS: usize = 8;
+
+/// Lanes of the row loops (one zmm of f32).
+const LANES: usize = 16;
+
+/// One online-softmax step on a row of scores whose length is a multiple of 16, in place:
+/// `exp(s − m_new)`. Returns `(m_new, alpha, sum)` with `alpha` the factor for the row's old
+/// output and sum (0 while the row has seen no key: `m` stays `-inf`).
+#[inline(always)]
+fn softmax_row(row: &mut [f32], m_old: f32) -> (f32, f32, f32) {
+    let mut mx = [m_old; LANES];
+    for chunk in row.chunks_exact(LANES) {
+        for (a, &x) in mx.iter_mut().zip(chunk) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    let mx = mx.iter().fold(m_old, |a, &x| if x > a { x } else { a });
+    let shift = if mx == f32::NEG_INFINITY { 0.0 } else { mx };
+    let alpha = if m_old == f32::NEG_INFINITY {
+        0.0
+    } else {
+        exp_f32(m_old - mx)
+    };
+    let mut sum = [0f32; LANES];
+    for chunk in row.chunks_exact_mut(LANES) {
+        for (acc, x) in sum.iter_mut().zip(chunk.iter_mut()) {
+            let e = exp_f32(*x - shift);
+            *x = e;
+            *acc += e;
+        }
+    }
+    (mx, alpha, sum.iter().sum())
+}
+
+multiversion! {
+    /// All `rows` stacked query rows of group `(bi, kvh)`: writes their output `o (rows × d)`
+    /// and row log-sum-exp `lse (rows)`.
+    pub(crate) fn forward_group(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        p: &Params,
+        bi: usize,
+        kvh: usize,
+        o: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        let Dims { h, hkv, nq, nk, d, .. } = p.dims;
+        let g = h / hkv;
+        let rows = lse.len();
+        let row0 = (bi * h + kvh * g) * nq;
+        let q_rows: Vec<f32> = q[row0 * d..(row0 + rows) * d].iter().map(|x| x * p.scale).collect();
+        let kv_base = (bi * hkv + kvh) * nk * d;
+        let (k_all, v_all) = (&k[kv_base..kv_base + nk * d], &v[kv_base..kv_base + nk * d]);
+        // Keys visible to each row before the additive mask.
+        let hi: Vec<usize> = (0..rows).map(|r| p.hi(bi, r % nq)).collect();
+        let max_hi = hi.iter().copied().max().unwrap_or(0);
+        let mut kt = vec![0f32; d * BLOCK_K];
+        let mut s = vec![0f32; rows * BLOCK_K];
+        let mut m = vec![f32::NEG_INFINITY; rows];
+        let mut l = vec![0f32; rows];
+        let row_keys: Vec<u32> = match &p.dropout {
+            Some(dp) => (0..rows).map(|r| dp.row_key(row0 + r)).collect(),
+            None => Vec::new(),
+        };
+        o.fill(0.0);
+        for j0 in (0..max_hi).step_by(BLOCK_K) {
+            let bk = BLOCK_K.min(max_hi - j0);
+            let bkp = bk.next_multiple_of(16);
+            // Kᵀ of this block (d × bkp), padding columns zero; S = (scale·Q) Kᵀ (rows × bkp).
+            pack_transposed(&mut kt, &k_all[j0 * d..], bk, bkp, d, 1.0);
+            nn((rows, bkp, d), &q_rows, d, &kt, bkp, &mut s, bkp, false);
+            for r in 0..rows {
+                let row = &mut s[r * bkp..(r + 1) * bkp];
+                if let Some(mask) = p.mask {
+                    let [sb, sh, si, sj] = mask.strides;
+                    let base = bi * sb + (kvh * g + r / nq) * sh + (r % nq) * si + j0 * sj;
+                    for (c, x) in row[..bk].iter_mut().enumerate() {
+                        *x += mask.data[base + c * sj];
+                    }
+                }
+                // Keys at or past the row's limit, and the padding columns, are hidden.
+                let visible = hi[r].saturating_sub(j0).min(bk);
+                row[visible..].fill(f32::NEG_INFINITY);
+                let (mx, alpha, sum) = softmax_row(row, m[r]);
+                l[r] = l[r] * alpha + sum;
+                m[r] = mx;
+                if alpha != 1.0 {
+                    for x in &mut o[r * d..(r + 1) * d] {
+                        *x *= alpha;
+                    }
+                }
+                // The row sums above are of the undropped P; only P·V sees the mask.
+                if let Some(dp) = &p.dropout {
+                    for (c, x) in row[..bk].iter_mut().enumerate() {
+                        *x *= dp.factor(row_keys[r], j0 + c);
+                    }
+                }
+            }
+            // O += P V
+            nn((rows, d, bk), &s, bkp, &v_all[j0 * d..], d, o, d, true);
+        }
+        for r in 0..rows {
+            let o_row = &mut o[r * d..(r + 1) * d];
+            if l[r] > 0.0 {
+                let inv = 1.0 / l[r];
+                for x in o_row.iter_mut() {
+                    *x *= inv;
+                }
+                lse[r] = m[r] + l[r].ln();
+            } else {
+                o_row.fill(0.0);
+                lse[r] = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cpu::{forward_block, MaskRef};
+    use super::super::dropout::AttentionDropout;
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The row-major decode forward against the transposed block forward of `cpu.rs` on the
+    /// same inputs, with every option that changes which keys a row sees: they must agree to
+    /// f32 rounding (both are f32 kernels summing in different orders).
+    #[test]
+    fn decode_rows_match_the_block_kernel() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for &(h, hkv, nq, nk, d, causal, padded, masked, dropout) in &[
+            (
+                8usize, 2usize, 1usize, 300usize, 64usize, false, false, false, false,
+            ),
+            (8, 2, 2, 300, 64, true, false, false, false),
+            (6, 2, 2, 129, 40, true, true, false, false),
+            (4, 1, 2, 517, 32, false, true, true, false),
+            (3, 3, 5, 70, 7, true, false, true, true),
+        ] {
+            let b = 2;
+            let rnd = |n: usize, rng: &mut rand::rngs::StdRng| -> Vec<f32> {
+                (0..n).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect()
+            };
+            let (q, k, v) = (
+                rnd(b * h * nq * d, &mut rng),
+                rnd(b * hkv * nk * d, &mut rng),
+                rnd(b * hkv * nk * d, &mut rng),
+            );
+            let kv_len = [nk, nk / 2];
+            // Additive mask broadcast over heads, with one fully hidden row per batch.
+            let mut mask_data: Vec<f32> = (0..b * nq * nk)
+                .map(|_| {
+                    if rng.random::<f32>() < 0.3 {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.5
+                    }
+                })
+                .collect();
+            mask_data[..nk].fill(f32::NEG_INFINITY);
+            let p = Params {
+                dims: Dims { b, h, hkv, nq, nk, d },
+                scale: 0.3,
+                causal,
+                kv_len: padded.then_some(&kv_len[..]),
+                mask: masked.then_some(MaskRef {
+                    data: &mask_data,
+                    strides: [nq * nk, 0, nk, 1],
+                }),
+                dropout: dropout.then(|| AttentionDropout { p: 0.2, seed: 5 }.params()),
+            };
+            let rows = h / hkv * nq;
+            assert!(rows <= MAX_ROWS);
+            for (bi, kvh) in [(0, 0), (b - 1, hkv - 1)] {
+                let (mut o1, mut l1) = (vec![0f32; rows * d], vec![0f32; rows]);
+                let (mut o2, mut l2) = (vec![0f32; rows * d], vec![0f32; rows]);
+                forward_group(&q, &k, &v, &p, bi, kvh, &mut o1, &mut l1);
+                forward_block(&q, &k, &v, &p, bi, kvh, 0, &mut o2, &mut l2);
+                for (x, y) in o1.iter().zip(&o2).chain(l1.iter().zip(&l2)) {
+                    let ok = (x == y) || (x - y).abs() <= 1e-5 * (1.0 + y.abs());
+                    assert!(ok, "h {h} hkv {hkv} nq {nq} nk {nk} d {d}: {x} vs {y}");
+                }
+            }
+        }
+    }
+}

@@ -27,6 +27,7 @@
 #[macro_use]
 mod multiversion;
 
+mod aligned;
 pub mod allocator;
 pub mod attention;
 pub mod bias;

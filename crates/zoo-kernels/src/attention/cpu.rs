@@ -19,6 +19,7 @@
 use super::decode;
 use super::dropout::DropoutParams;
 use super::microkernel::{nn, pack_transposed, tn};
+use crate::aligned::{AlignedSlice, AlignedVec};
 use crate::math::exp_f32;
 use crate::parallel::{for_each_index, DisjointMut};
 
@@ -289,7 +290,7 @@ multiversion! {
         let q_blk = &q[((bi * h + kvh * g) * nq + r0) * d..][..rb * d];
         let kv_base = (bi * hkv + kvh) * nk * d;
         let (k_all, v_all) = (&k[kv_base..kv_base + nk * d], &v[kv_base..kv_base + nk * d]);
-        let mut qt = vec![0f32; d * rp];
+        let mut qt = AlignedVec::zeroed(d * rp);
         pack_transposed(&mut qt, q_blk, rb, rp, d, p.scale);
         // Per stacked row: keys visible before the additive mask (0 for padding rows).
         let mut hi = vec![0u32; rp];
@@ -301,7 +302,7 @@ multiversion! {
         let mut m = vec![f32::NEG_INFINITY; rp];
         let mut l = vec![0f32; rp];
         let mut alpha = vec![0f32; rp];
-        let mut st = vec![0f32; BLOCK_K * rp];
+        let mut st = AlignedVec::zeroed(BLOCK_K * rp);
         let mut row_keys = vec![0u32; rp];
         o_blk.fill(0.0);
         for j0 in (0..max_hi).step_by(BLOCK_K) {
@@ -435,12 +436,18 @@ multiversion! {
         let rows = g * nq;
         let row_base = (bi * h + kvh * g) * nq;
         let kv_base = (bi * hkv + kvh) * nk * d;
-        let (k_all, v_all) = (&k[kv_base..kv_base + nk * d], &v[kv_base..kv_base + nk * d]);
+        // K, Q and dO are the streamed operands of the dQ, dK and dV products: copies of this
+        // group's rows when they do not start on a cache line (extra memory per thread only).
+        let k_all = AlignedSlice::new(&k[kv_base..kv_base + nk * d], d);
+        let v_all = &v[kv_base..kv_base + nk * d];
+        let q_group = AlignedSlice::new(&q[row_base * d..(row_base + rows) * d], d);
+        let do_group = AlignedSlice::new(&dout[row_base * d..(row_base + rows) * d], d);
         let rp_max = BLOCK_Q;
-        let mut qt = vec![0f32; d * rp_max];
-        let mut dot = vec![0f32; d * rp_max];
-        let mut st = vec![0f32; BLOCK_K * rp_max];
-        let mut dpt = vec![0f32; BLOCK_K * rp_max];
+        // Qᵀ and dOᵀ are streamed by the score products, Pᵀ and dSᵀ written by them (`aligned.rs`).
+        let mut qt = AlignedVec::zeroed(d * rp_max);
+        let mut dot = AlignedVec::zeroed(d * rp_max);
+        let mut st = AlignedVec::zeroed(BLOCK_K * rp_max);
+        let mut dpt = AlignedVec::zeroed(BLOCK_K * rp_max);
         let mut hi = vec![0u32; rp_max];
         let mut lse_b = vec![0f32; rp_max];
         let mut delta_b = vec![0f32; rp_max];
@@ -448,8 +455,8 @@ multiversion! {
         for r0 in (0..rows).step_by(BLOCK_Q) {
             let rb = BLOCK_Q.min(rows - r0);
             let rp = rb.div_ceil(16) * 16;
-            let q_blk = &q[(row_base + r0) * d..(row_base + r0 + rb) * d];
-            let do_blk = &dout[(row_base + r0) * d..(row_base + r0 + rb) * d];
+            let q_blk = &q_group[r0 * d..(r0 + rb) * d];
+            let do_blk = &do_group[r0 * d..(r0 + rb) * d];
             pack_transposed(&mut qt, q_blk, rb, rp, d, p.scale);
             pack_transposed(&mut dot, do_blk, rb, rp, d, 1.0);
             hi[..rp].fill(0);

@@ -93,6 +93,58 @@ pub(crate) fn build_vec(n: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + 
     v
 }
 
+/// A vector of `n` f32 that the items of a parallel loop initialize, each its own ranges, through
+/// [`DisjointMut::zeroed_range`] on [`UninitVec::writer`]: a `vec![0.0; n]` up front would be
+/// one serial `memset` over the whole output, a pass through memory that the items then repeat.
+pub(crate) struct UninitVec {
+    v: Vec<f32>,
+    n: usize,
+}
+
+impl UninitVec {
+    /// Room for `n` values, none initialized.
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            v: Vec::with_capacity(n),
+            n,
+        }
+    }
+
+    /// The `n` slots, for items to initialize in disjoint ranges.
+    pub(crate) fn writer(&mut self) -> DisjointMut<'_, std::mem::MaybeUninit<f32>> {
+        let n = self.n;
+        DisjointMut::new(&mut self.v.spare_capacity_mut()[..n])
+    }
+
+    /// The initialized vector.
+    ///
+    /// # Safety
+    /// Every element `0..n` was written through [`Self::writer`] (e.g. the loop's ranges cover
+    /// the vector; a panic in the loop is re-raised before this is reached).
+    pub(crate) unsafe fn assume_init(mut self) -> Vec<f32> {
+        // SAFETY: the caller guarantees that all `n <= capacity` elements are initialized.
+        unsafe { self.v.set_len(self.n) };
+        self.v
+    }
+}
+
+impl DisjointMut<'_, std::mem::MaybeUninit<f32>> {
+    /// Elements `start..start + len` (clamped to the slice), set to zero.
+    ///
+    /// # Safety
+    /// As [`DisjointMut::range_mut`]: no other live reference may overlap the range.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn zeroed_range(&self, start: usize, len: usize) -> &mut [f32] {
+        // SAFETY: the caller guarantees the range is not aliased.
+        let r = unsafe { self.range_mut(start, len) };
+        for x in r.iter_mut() {
+            x.write(0.0);
+        }
+        // SAFETY: every element was just initialized; MaybeUninit<f32> has f32's layout.
+        unsafe { &mut *(r as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+    }
+}
+
 thread_local! {
     /// True while this thread runs items of a `for_each_index` call.
     static IN_LOOP: Cell<bool> = const { Cell::new(false) };
@@ -209,6 +261,25 @@ mod tests {
                     .enumerate()
                     .for_each(|(j, x)| *x += (3 * i + j) as f32)
             });
+            assert_eq!(v, (0..n).map(|i| i as f32).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn uninit_vectors_are_built_by_disjoint_zeroed_ranges() {
+        for n in [0usize, 1, 7, 1000] {
+            let mut u = UninitVec::new(n);
+            let w = u.writer();
+            for_each_index(n.div_ceil(3), |i| {
+                // SAFETY: item i owns elements 3i..3i+3.
+                let r = unsafe { w.zeroed_range(3 * i, 3) };
+                assert!(r.iter().all(|&x| x == 0.0));
+                r.iter_mut()
+                    .enumerate()
+                    .for_each(|(j, x)| *x += (3 * i + j) as f32);
+            });
+            // SAFETY: the ranges 3i..3i+3 cover 0..n.
+            let v = unsafe { u.assume_init() };
             assert_eq!(v, (0..n).map(|i| i as f32).collect::<Vec<_>>());
         }
     }

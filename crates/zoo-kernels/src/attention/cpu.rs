@@ -21,7 +21,7 @@ use super::dropout::DropoutParams;
 use super::microkernel::{nn, pack_transposed, tn};
 use crate::aligned::{AlignedSlice, AlignedVec};
 use crate::math::exp_f32;
-use crate::parallel::{for_each_index, DisjointMut};
+use crate::parallel::{for_each_index, DisjointMut, UninitVec};
 
 /// Query rows per block.
 pub(crate) const BLOCK_Q: usize = 64;
@@ -235,25 +235,27 @@ fn add_mask_transposed(
 pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params) -> (Vec<f32>, Vec<f32>) {
     let Dims { b, h, hkv, nq, d, .. } = p.dims;
     let rows = p.dims.group() * nq;
-    let mut out = zeroed(b * h * nq * d);
     let mut lse = vec![f32::NEG_INFINITY; b * h * nq];
     if rows == 0 || d == 0 {
-        return (out, lse);
+        return (zeroed(b * h * nq * d), lse);
     }
-    let (out_w, lse_w) = (DisjointMut::new(&mut out), DisjointMut::new(&mut lse));
+    // Every item zeroes and writes its own rows of the output (no serial memset up front).
+    let mut out = UninitVec::new(b * h * nq * d);
+    let (out_w, lse_w) = (out.writer(), DisjointMut::new(&mut lse));
     if rows <= decode::MAX_ROWS {
         // A few rows per kv head (decoding): one item per (batch, kv head), scores row-major.
         for_each_index(b * hkv, |bk| {
             // SAFETY: item bk owns its group's rows `bk·rows..(bk + 1)·rows`.
             let (o, l) = unsafe {
                 (
-                    out_w.range_mut(bk * rows * d, rows * d),
+                    out_w.zeroed_range(bk * rows * d, rows * d),
                     lse_w.range_mut(bk * rows, rows),
                 )
             };
             decode::forward_group(q, k, v, p, bk / hkv, bk % hkv, o, l)
         });
-        return (out, lse);
+        // SAFETY: the b·hkv groups of `rows` rows cover the output.
+        return (unsafe { out.assume_init() }, lse);
     }
     // One item per (batch, kv head, query block): items write disjoint rows of `out` and `lse`.
     let blocks = rows.div_ceil(BLOCK_Q);
@@ -264,10 +266,11 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params) -> (Vec<f32>,
         let rb = BLOCK_Q.min(rows - r0);
         let row = bk * rows + r0;
         // SAFETY: item (bk, blk) owns rows `row..row + rb`, which no other item touches.
-        let (o_blk, lse_blk) = unsafe { (out_w.range_mut(row * d, rb * d), lse_w.range_mut(row, rb)) };
+        let (o_blk, lse_blk) = unsafe { (out_w.zeroed_range(row * d, rb * d), lse_w.range_mut(row, rb)) };
         forward_block(q, k, v, p, bi, kvh, r0, o_blk, lse_blk)
     });
-    (out, lse)
+    // SAFETY: the query blocks of every group cover the output.
+    (unsafe { out.assume_init() }, lse)
 }
 
 multiversion! {
@@ -367,42 +370,36 @@ pub(crate) fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let Dims { b, h, hkv, nq, nk, d } = p.dims;
     let rows = p.dims.group() * nq;
-    let mut dq = zeroed(b * h * nq * d);
-    let mut dk = zeroed(b * hkv * nk * d);
-    let mut dv = zeroed(b * hkv * nk * d);
     if rows == 0 || nk == 0 || d == 0 {
-        return (dq, dk, dv);
+        return (
+            zeroed(b * h * nq * d),
+            zeroed(b * hkv * nk * d),
+            zeroed(b * hkv * nk * d),
+        );
     }
-    // delta_i = Σ_e dO_ie · O_ie: the softmax backward's row term, O(b·h·nq) memory.
-    let mut delta = zeroed(b * h * nq);
-    let rows_all = b * h * nq;
-    let delta_w = DisjointMut::new(&mut delta);
-    let chunk = 256;
-    for_each_index(rows_all.div_ceil(chunk), |i| {
-        let r0 = i * chunk;
-        // SAFETY: item i owns delta rows `r0..r0 + chunk`.
-        let dl = unsafe { delta_w.range_mut(r0, chunk) };
-        let span = r0 * d..(r0 + dl.len()) * d;
-        row_dots(dl, &out[span.clone()], &dout[span], d)
-    });
-    let (dq_w, dk_w, dv_w) = (
-        DisjointMut::new(&mut dq),
-        DisjointMut::new(&mut dk),
-        DisjointMut::new(&mut dv),
-    );
+    // Each group zeroes its own ranges of the gradients (no serial memsets up front).
+    let mut dq = UninitVec::new(b * h * nq * d);
+    let mut dk = UninitVec::new(b * hkv * nk * d);
+    let mut dv = UninitVec::new(b * hkv * nk * d);
+    let (dq_w, dk_w, dv_w) = (dq.writer(), dk.writer(), dv.writer());
     for_each_index(b * hkv, |bk| {
         let (bi, kvh) = (bk / hkv, bk % hkv);
         // SAFETY: group bk owns its query rows of dq and its kv head's rows of dk and dv.
         let (dq_group, dk_head, dv_head) = unsafe {
             (
-                dq_w.range_mut(bk * rows * d, rows * d),
-                dk_w.range_mut(bk * nk * d, nk * d),
-                dv_w.range_mut(bk * nk * d, nk * d),
+                dq_w.zeroed_range(bk * rows * d, rows * d),
+                dk_w.zeroed_range(bk * nk * d, nk * d),
+                dv_w.zeroed_range(bk * nk * d, nk * d),
             )
         };
+        // delta_i = Σ_e dO_ie · O_ie: the softmax backward's row term, for this group's rows.
+        let span = bk * rows * d..(bk + 1) * rows * d;
+        let mut delta = vec![0f32; rows];
+        row_dots(&mut delta, &out[span.clone()], &dout[span], d);
         backward_group(q, k, v, dout, lse, &delta, p, bi, kvh, dq_group, dk_head, dv_head)
     });
-    (dq, dk, dv)
+    // SAFETY: the b·hkv groups cover dq (rows·d each), dk and dv (nk·d each).
+    unsafe { (dq.assume_init(), dk.assume_init(), dv.assume_init()) }
 }
 
 multiversion! {
@@ -416,7 +413,8 @@ multiversion! {
 
 multiversion! {
     /// All gradients of one (batch, kv-head) group: dK, dV of the kv head and dQ of its query
-    /// heads. Query blocks are the outer loop, so Qᵀ and dOᵀ are packed once per block.
+    /// heads, from `delta`, the group's rows' `Σ dO·O`. Query blocks are the outer loop, so Qᵀ
+    /// and dOᵀ are packed once per block.
     fn backward_group(
         q: &[f32],
         k: &[f32],
@@ -465,7 +463,7 @@ multiversion! {
             for r in 0..rb {
                 hi[r] = p.hi(bi, (r0 + r) % nq) as u32;
                 lse_b[r] = lse[row_base + r0 + r];
-                delta_b[r] = delta[row_base + r0 + r];
+                delta_b[r] = delta[r0 + r];
                 if lse_b[r] == f32::NEG_INFINITY {
                     hi[r] = 0; // a row that sees no key has zero gradient
                 }

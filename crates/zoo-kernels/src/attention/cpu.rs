@@ -239,24 +239,15 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params) -> (Vec<f32>,
     if rows == 0 || d == 0 {
         return (zeroed(b * h * nq * d), lse);
     }
+    if rows <= decode::MAX_ROWS {
+        // A few rows per kv head (decoding): scores row-major, keys split between threads.
+        let mut out = zeroed(b * h * nq * d);
+        decode::forward(q, k, v, p, &mut out, &mut lse);
+        return (out, lse);
+    }
     // Every item zeroes and writes its own rows of the output (no serial memset up front).
     let mut out = UninitVec::new(b * h * nq * d);
     let (out_w, lse_w) = (out.writer(), DisjointMut::new(&mut lse));
-    if rows <= decode::MAX_ROWS {
-        // A few rows per kv head (decoding): one item per (batch, kv head), scores row-major.
-        for_each_index(b * hkv, |bk| {
-            // SAFETY: item bk owns its group's rows `bk·rows..(bk + 1)·rows`.
-            let (o, l) = unsafe {
-                (
-                    out_w.zeroed_range(bk * rows * d, rows * d),
-                    lse_w.range_mut(bk * rows, rows),
-                )
-            };
-            decode::forward_group(q, k, v, p, bk / hkv, bk % hkv, o, l)
-        });
-        // SAFETY: the b·hkv groups of `rows` rows cover the output.
-        return (unsafe { out.assume_init() }, lse);
-    }
     // One item per (batch, kv head, query block): items write disjoint rows of `out` and `lse`.
     let blocks = rows.div_ceil(BLOCK_Q);
     for_each_index(b * hkv * blocks, |item| {

@@ -12,6 +12,7 @@
 use super::cpu::{Dims, Params, BLOCK_K};
 use super::microkernel::{nn, pack_transposed};
 use crate::math::exp_f32;
+use crate::parallel::{for_each_index, threads, DisjointMut};
 
 /// Stacked query rows per kv head up to which [`forward_group`] is used: at 8 rows the
 /// transposed layout already wastes half of its 16 lanes.
@@ -49,39 +50,107 @@ fn softmax_row(row: &mut [f32], m_old: f32) -> (f32, f32, f32) {
     (mx, alpha, sum.iter().sum())
 }
 
+/// Forward pass of every group when each has at most [`MAX_ROWS`] stacked rows: writes the
+/// output `out (b, h, nq, d)` and row log-sum-exp `lse (b, h, nq)`, both fully. When there are
+/// fewer groups than threads (batch 1 with one or two kv heads), each group's keys are split
+/// between threads and the partial softmaxes merged ("flash-decoding").
+pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params, out: &mut [f32], lse: &mut [f32]) {
+    let Dims { b, h, hkv, nq, nk, d } = p.dims;
+    let (groups, rows) = (b * hkv, h / hkv * nq);
+    let key_blocks = nk.div_ceil(BLOCK_K).max(1);
+    // Splits per group: enough items for every thread, at least two key blocks each.
+    let splits = threads().div_ceil(groups).min(key_blocks / 2).max(1);
+    let per_split = key_blocks.div_ceil(splits) * BLOCK_K;
+    let items = groups * splits;
+    // Partial results per item: o (rows × d), then m and l (rows each).
+    let stride = rows * (d + 2);
+    let mut parts = vec![0f32; items * stride];
+    let parts_w = DisjointMut::new(&mut parts);
+    for_each_index(items, |item| {
+        let (grp, split) = (item / splits, item % splits);
+        let keys = (split * per_split, ((split + 1) * per_split).min(nk));
+        // SAFETY: item `item` owns its partial-result range.
+        let part = unsafe { parts_w.range_mut(item * stride, stride) };
+        let (o, ml) = part.split_at_mut(rows * d);
+        let (m, l) = ml.split_at_mut(rows);
+        partial(q, k, v, p, (grp / hkv, grp % hkv), keys, o, m, l);
+    });
+    // Merge: M = max m_s, L = Σ l_s·e^(m_s − M), O = Σ o_s·e^(m_s − M) / L, lse = M + ln L.
+    let (out_w, lse_w) = (DisjointMut::new(out), DisjointMut::new(lse));
+    for_each_index(groups, |grp| {
+        // SAFETY: group `grp` owns rows `grp·rows..(grp + 1)·rows` of the output.
+        let (o, ls) = unsafe {
+            (
+                out_w.range_mut(grp * rows * d, rows * d),
+                lse_w.range_mut(grp * rows, rows),
+            )
+        };
+        let part = |s: usize| &parts[(grp * splits + s) * stride..(grp * splits + s + 1) * stride];
+        for r in 0..rows {
+            let m_of = |s: usize| part(s)[rows * d + r];
+            let l_of = |s: usize| part(s)[rows * d + rows + r];
+            let mx = (0..splits).map(m_of).fold(f32::NEG_INFINITY, f32::max);
+            let o_row = &mut o[r * d..(r + 1) * d];
+            o_row.fill(0.0);
+            let mut sum = 0f32;
+            if mx > f32::NEG_INFINITY {
+                for s in (0..splits).filter(|&s| m_of(s) > f32::NEG_INFINITY) {
+                    let w = exp_f32(m_of(s) - mx);
+                    sum += l_of(s) * w;
+                    for (x, &y) in o_row.iter_mut().zip(&part(s)[r * d..(r + 1) * d]) {
+                        *x += w * y;
+                    }
+                }
+            }
+            if sum > 0.0 {
+                let inv = 1.0 / sum;
+                o_row.iter_mut().for_each(|x| *x *= inv);
+                ls[r] = mx + sum.ln();
+            } else {
+                o_row.fill(0.0);
+                ls[r] = f32::NEG_INFINITY;
+            }
+        }
+    });
+}
+
 multiversion! {
-    /// All `rows` stacked query rows of group `(bi, kvh)`: writes their output `o (rows × d)`
-    /// and row log-sum-exp `lse (rows)`.
-    pub(crate) fn forward_group(
+    /// The online softmax of the `rows` stacked query rows of group `(bi, kvh)` over keys
+    /// `keys.0..keys.1` (a multiple of `BLOCK_K` apart, but for the last): leaves the
+    /// unnormalized output `o (rows × d)`, each row's running max `m` and sum `l` (`-inf` and 0
+    /// for rows that saw no key).
+    fn partial(
         q: &[f32],
         k: &[f32],
         v: &[f32],
         p: &Params,
-        bi: usize,
-        kvh: usize,
+        group: (usize, usize),
+        keys: (usize, usize),
         o: &mut [f32],
-        lse: &mut [f32],
+        m: &mut [f32],
+        l: &mut [f32],
     ) {
+        let (bi, kvh) = group;
         let Dims { h, hkv, nq, nk, d, .. } = p.dims;
         let g = h / hkv;
-        let rows = lse.len();
+        let rows = m.len();
         let row0 = (bi * h + kvh * g) * nq;
         let q_rows: Vec<f32> = q[row0 * d..(row0 + rows) * d].iter().map(|x| x * p.scale).collect();
         let kv_base = (bi * hkv + kvh) * nk * d;
         let (k_all, v_all) = (&k[kv_base..kv_base + nk * d], &v[kv_base..kv_base + nk * d]);
         // Keys visible to each row before the additive mask.
         let hi: Vec<usize> = (0..rows).map(|r| p.hi(bi, r % nq)).collect();
-        let max_hi = hi.iter().copied().max().unwrap_or(0);
+        let max_hi = hi.iter().copied().max().unwrap_or(0).min(keys.1);
         let mut kt = vec![0f32; d * BLOCK_K];
         let mut s = vec![0f32; rows * BLOCK_K];
-        let mut m = vec![f32::NEG_INFINITY; rows];
-        let mut l = vec![0f32; rows];
+        m.fill(f32::NEG_INFINITY);
+        l.fill(0.0);
         let row_keys: Vec<u32> = match &p.dropout {
             Some(dp) => (0..rows).map(|r| dp.row_key(row0 + r)).collect(),
             None => Vec::new(),
         };
         o.fill(0.0);
-        for j0 in (0..max_hi).step_by(BLOCK_K) {
+        for j0 in (keys.0..max_hi).step_by(BLOCK_K) {
             let bk = BLOCK_K.min(max_hi - j0);
             let bkp = bk.next_multiple_of(16);
             // Kᵀ of this block (d × bkp), padding columns zero; S = (scale·Q) Kᵀ (rows × bkp).
@@ -117,19 +186,6 @@ multiversion! {
             // O += P V
             nn((rows, d, bk), &s, bkp, &v_all[j0 * d..], d, o, d, true);
         }
-        for r in 0..rows {
-            let o_row = &mut o[r * d..(r + 1) * d];
-            if l[r] > 0.0 {
-                let inv = 1.0 / l[r];
-                for x in o_row.iter_mut() {
-                    *x *= inv;
-                }
-                lse[r] = m[r] + l[r].ln();
-            } else {
-                o_row.fill(0.0);
-                lse[r] = f32::NEG_INFINITY;
-            }
-        }
     }
 }
 
@@ -140,9 +196,10 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// The row-major decode forward against the transposed block forward of `cpu.rs` on the
-    /// same inputs, with every option that changes which keys a row sees: they must agree to
-    /// f32 rounding (both are f32 kernels summing in different orders).
+    /// The row-major decode forward (keys split between threads when there are fewer groups
+    /// than threads) against the transposed block forward of `cpu.rs` on the same inputs, with
+    /// every option that changes which keys a row sees: they must agree to f32 rounding (both
+    /// are f32 kernels summing in different orders).
     #[test]
     fn decode_rows_match_the_block_kernel() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -154,8 +211,10 @@ mod tests {
             (6, 2, 2, 129, 40, true, true, false, false),
             (4, 1, 2, 517, 32, false, true, true, false),
             (3, 3, 5, 70, 7, true, false, true, true),
+            // One group: its keys are split between the threads and merged.
+            (4, 1, 1, 1100, 64, true, true, true, true),
         ] {
-            let b = 2;
+            let b = if hkv == 1 && h == 4 { 1 } else { 2 };
             let rnd = |n: usize, rng: &mut rand::rngs::StdRng| -> Vec<f32> {
                 (0..n).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect()
             };
@@ -189,11 +248,16 @@ mod tests {
             };
             let rows = h / hkv * nq;
             assert!(rows <= MAX_ROWS);
-            for (bi, kvh) in [(0, 0), (b - 1, hkv - 1)] {
-                let (mut o1, mut l1) = (vec![0f32; rows * d], vec![0f32; rows]);
+            let (mut o1, mut l1) = (vec![0f32; b * h * nq * d], vec![0f32; b * h * nq]);
+            forward(&q, &k, &v, &p, &mut o1, &mut l1);
+            for (bi, kvh) in (0..b).flat_map(|bi| (0..hkv).map(move |kvh| (bi, kvh))) {
+                let grp = bi * hkv + kvh;
                 let (mut o2, mut l2) = (vec![0f32; rows * d], vec![0f32; rows]);
-                forward_group(&q, &k, &v, &p, bi, kvh, &mut o1, &mut l1);
                 forward_block(&q, &k, &v, &p, bi, kvh, 0, &mut o2, &mut l2);
+                let (o1, l1) = (
+                    &o1[grp * rows * d..(grp + 1) * rows * d],
+                    &l1[grp * rows..(grp + 1) * rows],
+                );
                 for (x, y) in o1.iter().zip(&o2).chain(l1.iter().zip(&l2)) {
                     let ok = (x == y) || (x - y).abs() <= 1e-5 * (1.0 + y.abs());
                     assert!(ok, "h {h} hkv {hkv} nq {nq} nk {nk} d {d}: {x} vs {y}");

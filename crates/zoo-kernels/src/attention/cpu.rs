@@ -19,7 +19,7 @@
 use super::decode;
 use super::dropout::DropoutParams;
 use super::microkernel::{nn, pack_transposed, tn};
-use crate::aligned::{AlignedSlice, AlignedVec};
+use crate::aligned::{AlignedSlice, Scratch};
 use crate::math::exp_f32;
 use crate::parallel::{for_each_index, DisjointMut, UninitVec};
 
@@ -284,7 +284,7 @@ multiversion! {
         let q_blk = &q[((bi * h + kvh * g) * nq + r0) * d..][..rb * d];
         let kv_base = (bi * hkv + kvh) * nk * d;
         let (k_all, v_all) = (&k[kv_base..kv_base + nk * d], &v[kv_base..kv_base + nk * d]);
-        let mut qt = AlignedVec::zeroed(d * rp);
+        let mut qt = Scratch::new(d * rp);
         pack_transposed(&mut qt, q_blk, rb, rp, d, p.scale);
         // Per stacked row: keys visible before the additive mask (0 for padding rows).
         let mut hi = vec![0u32; rp];
@@ -296,7 +296,7 @@ multiversion! {
         let mut m = vec![f32::NEG_INFINITY; rp];
         let mut l = vec![0f32; rp];
         let mut alpha = vec![0f32; rp];
-        let mut st = AlignedVec::zeroed(BLOCK_K * rp);
+        let mut st = Scratch::new(BLOCK_K * rp);
         let mut row_keys = vec![0u32; rp];
         o_blk.fill(0.0);
         for j0 in (0..max_hi).step_by(BLOCK_K) {
@@ -433,10 +433,10 @@ multiversion! {
         let do_group = AlignedSlice::new(&dout[row_base * d..(row_base + rows) * d], d);
         let rp_max = BLOCK_Q;
         // Qᵀ and dOᵀ are streamed by the score products, Pᵀ and dSᵀ written by them (`aligned.rs`).
-        let mut qt = AlignedVec::zeroed(d * rp_max);
-        let mut dot = AlignedVec::zeroed(d * rp_max);
-        let mut st = AlignedVec::zeroed(BLOCK_K * rp_max);
-        let mut dpt = AlignedVec::zeroed(BLOCK_K * rp_max);
+        let mut qt = Scratch::new(d * rp_max);
+        let mut dot = Scratch::new(d * rp_max);
+        let mut st = Scratch::new(BLOCK_K * rp_max);
+        let mut dpt = Scratch::new(BLOCK_K * rp_max);
         let mut hi = vec![0u32; rp_max];
         let mut lse_b = vec![0f32; rp_max];
         let mut delta_b = vec![0f32; rp_max];

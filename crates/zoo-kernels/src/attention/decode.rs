@@ -61,6 +61,33 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params, out: &mut [f3
     // Splits per group: enough items for every thread, at least two key blocks each.
     let splits = threads().div_ceil(groups).min(key_blocks / 2).max(1);
     let per_split = key_blocks.div_ceil(splits) * BLOCK_K;
+    if splits == 1 {
+        // One item per group, finishing its rows in place (no merge pass).
+        let (out_w, lse_w) = (DisjointMut::new(out), DisjointMut::new(lse));
+        for_each_index(groups, |grp| {
+            // SAFETY: group `grp` owns rows `grp·rows..(grp + 1)·rows` of the output.
+            let (o, ls) = unsafe {
+                (
+                    out_w.range_mut(grp * rows * d, rows * d),
+                    lse_w.range_mut(grp * rows, rows),
+                )
+            };
+            let (mut m, mut l) = (vec![0f32; rows], vec![0f32; rows]);
+            partial(q, k, v, p, (grp / hkv, grp % hkv), (0, nk), o, &mut m, &mut l);
+            for r in 0..rows {
+                let o_row = &mut o[r * d..(r + 1) * d];
+                if l[r] > 0.0 {
+                    let inv = 1.0 / l[r];
+                    o_row.iter_mut().for_each(|x| *x *= inv);
+                    ls[r] = m[r] + l[r].ln();
+                } else {
+                    o_row.fill(0.0);
+                    ls[r] = f32::NEG_INFINITY;
+                }
+            }
+        });
+        return;
+    }
     let items = groups * splits;
     // Partial results per item: o (rows × d), then m and l (rows each).
     let stride = rows * (d + 2);

@@ -18,9 +18,11 @@ T=(env -C ../shared/bench "$PY" torch_attention.py)
 # Batch 4 at n = 512.
 "$B" --json --b 4 --n 512 --impl fused,reference,candle_flash >> "$OUT"
 "${T[@]}" --b 4 --n 512 --impl sdpa >> "$OUT"
-# Decode shapes: 1 and 16 queries against 4096 keys, GQA 8 query heads / 2 kv heads.
-"$B" --json --n 4096 --nq 1,16 --hkv 2 --pass fwd --impl fused,reference,candle_flash >> "$OUT"
-"${T[@]}" --n 4096 --nq 1,16 --hkv 2 --pass fwd --impl sdpa >> "$OUT"
+# Decode shapes: 1 and 16 queries against 1024, 4096 and 8192 keys, GQA 8 query heads / 2 kv heads.
+for n in 1024 4096 8192; do
+  "$B" --json --n $n --nq 1,16 --hkv 2 --pass fwd --impl fused,reference,candle_flash >> "$OUT"
+  "${T[@]}" --n $n --nq 1,16 --hkv 2 --pass fwd --impl sdpa >> "$OUT"
+done
 # Long sequence: forward+backward at n = 16384 (the naive path would need ~7 GiB per score matrix set).
 "$B" --json --n 16384 --impl fused --pass fwd_bwd --causal false,true --seconds 1 >> "$OUT"
 echo "wrote $OUT ($(wc -l < "$OUT") lines)"

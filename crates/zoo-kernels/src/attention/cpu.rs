@@ -333,18 +333,23 @@ multiversion! {
             tn((rb, d, bk), &st, rp, &v_all[j0 * d..], d, o_blk, d, true);
         }
         for r in 0..rb {
-            let o_row = &mut o_blk[r * d..(r + 1) * d];
-            if l[r] > 0.0 {
-                let inv = 1.0 / l[r];
-                for x in o_row.iter_mut() {
-                    *x *= inv;
-                }
-                lse_blk[r] = m[r] + l[r].ln();
-            } else {
-                o_row.fill(0.0);
-                lse_blk[r] = f32::NEG_INFINITY;
-            }
+            lse_blk[r] = finish_row(&mut o_blk[r * d..(r + 1) * d], m[r], l[r]);
         }
+    }
+}
+
+/// The end of a row's online softmax: divides its accumulated output by the row sum `l` and
+/// returns the row log-sum-exp `m + ln l`; a row that saw no key (`l = 0`) gets zeros and
+/// `-inf`.
+#[inline]
+pub(super) fn finish_row(o_row: &mut [f32], m: f32, l: f32) -> f32 {
+    if l > 0.0 {
+        let inv = 1.0 / l;
+        o_row.iter_mut().for_each(|x| *x *= inv);
+        m + l.ln()
+    } else {
+        o_row.fill(0.0);
+        f32::NEG_INFINITY
     }
 }
 

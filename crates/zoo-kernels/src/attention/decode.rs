@@ -9,7 +9,7 @@
 //! `cpu::forward` (masks, padding lengths, causal alignment, dropout, rows with no visible key);
 //! the backward pass is `cpu::backward`'s, from the same row log-sum-exp.
 
-use super::cpu::{Dims, Params, BLOCK_K};
+use super::cpu::{finish_row, Dims, Params, BLOCK_K};
 use super::microkernel::{nn, pack_transposed};
 use crate::math::exp_f32;
 use crate::parallel::{for_each_index, threads, DisjointMut};
@@ -75,15 +75,7 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params, out: &mut [f3
             let (mut m, mut l) = (vec![0f32; rows], vec![0f32; rows]);
             partial(q, k, v, p, (grp / hkv, grp % hkv), (0, nk), o, &mut m, &mut l);
             for r in 0..rows {
-                let o_row = &mut o[r * d..(r + 1) * d];
-                if l[r] > 0.0 {
-                    let inv = 1.0 / l[r];
-                    o_row.iter_mut().for_each(|x| *x *= inv);
-                    ls[r] = m[r] + l[r].ln();
-                } else {
-                    o_row.fill(0.0);
-                    ls[r] = f32::NEG_INFINITY;
-                }
+                ls[r] = finish_row(&mut o[r * d..(r + 1) * d], m[r], l[r]);
             }
         });
         return;
@@ -129,14 +121,7 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params, out: &mut [f3
                     }
                 }
             }
-            if sum > 0.0 {
-                let inv = 1.0 / sum;
-                o_row.iter_mut().for_each(|x| *x *= inv);
-                ls[r] = mx + sum.ln();
-            } else {
-                o_row.fill(0.0);
-                ls[r] = f32::NEG_INFINITY;
-            }
+            ls[r] = finish_row(o_row, mx, sum);
         }
     });
 }

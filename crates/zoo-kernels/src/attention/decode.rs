@@ -14,7 +14,7 @@ use super::microkernel::{nn, pack_transposed};
 use crate::math::exp_f32;
 use crate::parallel::{for_each_index, threads, DisjointMut};
 
-/// Stacked query rows per kv head up to which [`forward_group`] is used: at 8 rows the
+/// Stacked query rows per kv head up to which [`forward`] is used: at 8 rows the
 /// transposed layout already wastes half of its 16 lanes.
 pub(crate) const MAX_ROWS: usize = 8;
 

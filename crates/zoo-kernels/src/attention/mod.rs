@@ -1,12 +1,13 @@
 //! Scaled dot-product attention that trains: a fused flash-attention kernel with a fused
 //! backward pass, and a plain reference built from differentiable candle ops.
 //!
-//! [`flash_attention`] validates the inputs once, then picks a backend in one place
-//! ([`select_backend`]): the fused CPU kernel for f32/f16/bf16 on the CPU; the fused CUDA
-//! kernels (feature `cuda`, head_dim <= 128, f32/f16/bf16) on NVIDIA GPUs; otherwise the
+//! [`flash_attention`] validates the inputs once, then picks a backend in one place (the
+//! private `select_backend`): the fused CPU kernel for f32/f16/bf16 on the CPU; the fused CUDA
+//! kernels (feature `cuda`, head_dim <= 128, f32/f16/bf16) on NVIDIA GPUs; the fused Metal
+//! kernels (feature `metal`, same limits; unverified on hardware) on Apple GPUs; otherwise the
 //! reference, with the reason reported by [`flash_attention_with_backend`]. The reference is
-//! correct and differentiable, but it materializes the `(q_len × kv_len)` scores. Metal
-//! kernels plug in here when their feature lands.
+//! correct and differentiable, but it materializes the `(q_len × kv_len)` scores. On the CPU,
+//! KV-cache decoding (at most 8 query rows per kv head) takes a row-major forward.
 //!
 //! Semantics shared by every backend:
 //! - q `(batch, heads, q_len, head_dim)`, k and v `(batch, kv_heads, kv_len, head_dim)`;

@@ -12,18 +12,29 @@ use std::ops::{Deref, DerefMut};
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-/// A zero-initialized f32 buffer that starts on a cache line.
+/// An f32 buffer that starts on a cache line.
+#[derive(Default)]
 pub(crate) struct AlignedVec {
     lines: Vec<Line>,
     len: usize,
 }
 
 impl AlignedVec {
-    /// `len` zeros.
-    pub(crate) fn zeroed(len: usize) -> Self {
+    /// A copy of `data`, written once (one `memcpy`, no zeroing pass first).
+    pub(crate) fn copy_of(data: &[f32]) -> Self {
+        let n_lines = data.len().div_ceil(16);
+        let mut lines: Vec<Line> = Vec::with_capacity(n_lines);
+        let dst = lines.as_mut_ptr() as *mut f32;
+        // SAFETY: the capacity holds `16·n_lines >= data.len()` f32; the values past the data in
+        // the last line are zeroed, so all `n_lines` lines are initialized before `set_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+            std::ptr::write_bytes(dst.add(data.len()), 0, 16 * n_lines - data.len());
+            lines.set_len(n_lines);
+        }
         Self {
-            lines: vec![Line([0.0; 16]); len.div_ceil(16)],
-            len,
+            lines,
+            len: data.len(),
         }
     }
 }
@@ -52,42 +63,39 @@ thread_local! {
 /// the attention kernels' per-block buffers are then allocated and zeroed once per thread,
 /// not once per work item (at n = 128 that `memset` was 4% of a forward pass). The contents
 /// are whatever the last user left (initialized f32s, zeros at first): callers overwrite them.
-pub(crate) struct Scratch(Option<AlignedVec>);
+pub(crate) struct Scratch(AlignedVec);
 
 impl Scratch {
     /// A buffer of `len` values.
     pub(crate) fn new(len: usize) -> Self {
-        let mut v = POOL
-            .with(|p| p.borrow_mut().pop())
-            .unwrap_or_else(|| AlignedVec::zeroed(0));
+        let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
         let lines = len.div_ceil(16);
         if v.lines.len() < lines {
             v.lines.resize(lines, Line([0.0; 16]));
         }
         v.len = len;
-        Self(Some(v))
+        Self(v)
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Some(v) = self.0.take() {
-            // During thread teardown the pool may be gone; the buffer is then just freed.
-            let _ = POOL.try_with(|p| p.borrow_mut().push(v));
-        }
+        let v = std::mem::take(&mut self.0);
+        // During thread teardown the pool may be gone; the buffer is then just freed.
+        let _ = POOL.try_with(|p| p.borrow_mut().push(v));
     }
 }
 
 impl Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        self.0.as_deref().unwrap_or(&[])
+        &self.0
     }
 }
 
 impl DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
-        self.0.as_deref_mut().unwrap_or(&mut [])
+        &mut self.0
     }
 }
 
@@ -107,9 +115,7 @@ impl<'a> AlignedSlice<'a> {
         if !row_len.is_multiple_of(16) || (data.as_ptr() as usize).is_multiple_of(64) {
             Self::Borrowed(data)
         } else {
-            let mut v = AlignedVec::zeroed(data.len());
-            v.copy_from_slice(data);
-            Self::Copied(v)
+            Self::Copied(AlignedVec::copy_of(data))
         }
     }
 }
@@ -129,10 +135,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_are_zeroed_and_start_on_cache_lines() {
+    fn copies_are_exact_and_start_on_cache_lines() {
         for n in [0usize, 1, 15, 16, 17, 1000] {
-            let mut z = AlignedVec::zeroed(n);
-            assert!(z.iter().all(|&x| x == 0.0) && z.len() == n);
+            let src: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+            let mut z = AlignedVec::copy_of(&src);
+            assert_eq!(&z[..], &src[..]);
             assert_eq!(z.as_ptr() as usize % 64, 0);
             z.iter_mut().for_each(|x| *x = 1.0);
             assert_eq!(z.iter().sum::<f32>(), n as f32);

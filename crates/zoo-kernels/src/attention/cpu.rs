@@ -66,6 +66,15 @@ pub(crate) struct Params<'a> {
 }
 
 impl Params<'_> {
+    /// Index in `mask.data` of key `j0` for stacked row `row` of group `(bi, kvh)`; the next
+    /// keys follow with stride `mask.strides[3]`.
+    #[inline(always)]
+    pub(super) fn mask_offset(&self, mask: &MaskRef, bi: usize, kvh: usize, row: usize, j0: usize) -> usize {
+        let Dims { h, hkv, nq, .. } = self.dims;
+        let [sb, sh, si, sj] = mask.strides;
+        bi * sb + (kvh * (h / hkv) + row / nq) * sh + (row % nq) * si + j0 * sj
+    }
+
     /// Keys `j < hi` are visible to query `i` of batch `b` (before the additive mask): the
     /// key-padding length, and with `causal` the bottom-right diagonal `j <= i + nk - nq`.
     #[inline(always)]
@@ -90,6 +99,20 @@ const LANES: usize = 16;
 fn lanes_mut(st: &mut [f32], c: usize, rp: usize, col: usize) -> &mut [f32; LANES] {
     let start = c * rp + col;
     (&mut st[start..start + LANES]).try_into().expect("16 lanes")
+}
+
+/// For a row whose running max moves from `m_old` to `m_new`: the shift for `exp(s − shift)`
+/// and the factor `alpha` for the row's old output and sum. Rows that have seen nothing keep
+/// `m = -inf`: their shift is 0 (so `exp(-inf − 0) = 0`, never NaN) and their alpha 0.
+#[inline(always)]
+pub(super) fn rescale(m_old: f32, m_new: f32) -> (f32, f32) {
+    let shift = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+    let alpha = if m_old == f32::NEG_INFINITY {
+        0.0
+    } else {
+        exp_f32(m_old - m_new)
+    };
+    (shift, alpha)
 }
 
 /// Online-softmax update of one 16-column chunk of a transposed score block `st (bk × rp)`:
@@ -125,12 +148,7 @@ fn softmax_chunk(
     let mut shift = [0f32; LANES];
     let mut alpha = [0f32; LANES];
     for l in 0..LANES {
-        shift[l] = if mx[l] == f32::NEG_INFINITY { 0.0 } else { mx[l] };
-        alpha[l] = if m_old[l] == f32::NEG_INFINITY {
-            0.0
-        } else {
-            exp_f32(m_old[l] - mx[l])
-        };
+        (shift[l], alpha[l]) = rescale(m_old[l], mx[l]);
     }
     let mut sum = [0f32; LANES];
     for c in 0..bk {
@@ -218,12 +236,9 @@ fn add_mask_transposed(
     j0: usize,
 ) {
     let Some(m) = p.mask else { return };
-    let Dims { h, hkv, nq, .. } = p.dims;
-    let g = h / hkv;
-    let [sb, sh, si, sj] = m.strides;
+    let sj = m.strides[3];
     for r in 0..rb {
-        let row = r0 + r;
-        let base = bi * sb + (kvh * g + row / nq) * sh + (row % nq) * si + j0 * sj;
+        let base = p.mask_offset(&m, bi, kvh, r0 + r, j0);
         for c in 0..bk {
             st[c * rp + r] += m.data[base + c * sj];
         }
@@ -265,7 +280,8 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params) -> (Vec<f32>,
 }
 
 multiversion! {
-    /// One block of up to `BLOCK_Q` stacked query rows starting at row `r0` of group `(bi, kvh)`.
+    /// One block of up to `BLOCK_Q` stacked query rows starting at row `r0` of group `(bi, kvh)`;
+    /// `o_blk` must be zero on entry (the callers hand it over freshly zeroed).
     pub(super) fn forward_block(
         q: &[f32],
         k: &[f32],
@@ -298,7 +314,6 @@ multiversion! {
         let mut alpha = vec![0f32; rp];
         let mut st = Scratch::new(BLOCK_K * rp);
         let mut row_keys = vec![0u32; rp];
-        o_blk.fill(0.0);
         for j0 in (0..max_hi).step_by(BLOCK_K) {
             let bk = BLOCK_K.min(max_hi - j0);
             // Sᵀ = K (scale·Q)ᵀ, (bk × rp)

@@ -9,7 +9,7 @@
 //! `cpu::forward` (masks, padding lengths, causal alignment, dropout, rows with no visible key);
 //! the backward pass is `cpu::backward`'s, from the same row log-sum-exp.
 
-use super::cpu::{finish_row, Dims, Params, BLOCK_K};
+use super::cpu::{finish_row, rescale, Dims, Params, BLOCK_K};
 use super::microkernel::{nn, pack_transposed};
 use crate::math::exp_f32;
 use crate::parallel::{for_each_index, threads, DisjointMut};
@@ -33,12 +33,7 @@ fn softmax_row(row: &mut [f32], m_old: f32) -> (f32, f32, f32) {
         }
     }
     let mx = mx.iter().fold(m_old, |a, &x| if x > a { x } else { a });
-    let shift = if mx == f32::NEG_INFINITY { 0.0 } else { mx };
-    let alpha = if m_old == f32::NEG_INFINITY {
-        0.0
-    } else {
-        exp_f32(m_old - mx)
-    };
+    let (shift, alpha) = rescale(m_old, mx);
     let mut sum = [0f32; LANES];
     for chunk in row.chunks_exact_mut(LANES) {
         for (acc, x) in sum.iter_mut().zip(chunk.iter_mut()) {
@@ -61,17 +56,18 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params, out: &mut [f3
     // Splits per group: enough items for every thread, at least two key blocks each.
     let splits = threads().div_ceil(groups).min(key_blocks / 2).max(1);
     let per_split = key_blocks.div_ceil(splits) * BLOCK_K;
+    let (out_w, lse_w) = (DisjointMut::new(out), DisjointMut::new(lse));
+    // SAFETY (for callers): each group's rows `grp·rows..(grp + 1)·rows` are taken by one item.
+    let group_out = |grp: usize| unsafe {
+        (
+            out_w.range_mut(grp * rows * d, rows * d),
+            lse_w.range_mut(grp * rows, rows),
+        )
+    };
     if splits == 1 {
         // One item per group, finishing its rows in place (no merge pass).
-        let (out_w, lse_w) = (DisjointMut::new(out), DisjointMut::new(lse));
         for_each_index(groups, |grp| {
-            // SAFETY: group `grp` owns rows `grp·rows..(grp + 1)·rows` of the output.
-            let (o, ls) = unsafe {
-                (
-                    out_w.range_mut(grp * rows * d, rows * d),
-                    lse_w.range_mut(grp * rows, rows),
-                )
-            };
+            let (o, ls) = group_out(grp);
             let (mut m, mut l) = (vec![0f32; rows], vec![0f32; rows]);
             partial(q, k, v, p, (grp / hkv, grp % hkv), (0, nk), o, &mut m, &mut l);
             for r in 0..rows {
@@ -95,15 +91,8 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params, out: &mut [f3
         partial(q, k, v, p, (grp / hkv, grp % hkv), keys, o, m, l);
     });
     // Merge: M = max m_s, L = Σ l_s·e^(m_s − M), O = Σ o_s·e^(m_s − M) / L, lse = M + ln L.
-    let (out_w, lse_w) = (DisjointMut::new(out), DisjointMut::new(lse));
     for_each_index(groups, |grp| {
-        // SAFETY: group `grp` owns rows `grp·rows..(grp + 1)·rows` of the output.
-        let (o, ls) = unsafe {
-            (
-                out_w.range_mut(grp * rows * d, rows * d),
-                lse_w.range_mut(grp * rows, rows),
-            )
-        };
+        let (o, ls) = group_out(grp);
         let part = |s: usize| &parts[(grp * splits + s) * stride..(grp * splits + s + 1) * stride];
         for r in 0..rows {
             let m_of = |s: usize| part(s)[rows * d + r];
@@ -129,8 +118,8 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params, out: &mut [f3
 multiversion! {
     /// The online softmax of the `rows` stacked query rows of group `(bi, kvh)` over keys
     /// `keys.0..keys.1` (a multiple of `BLOCK_K` apart, but for the last): leaves the
-    /// unnormalized output `o (rows × d)`, each row's running max `m` and sum `l` (`-inf` and 0
-    /// for rows that saw no key).
+    /// unnormalized output `o (rows × d)`, zero on entry, each row's running max `m` and sum `l`
+    /// (`-inf` and 0 for rows that saw no key).
     fn partial(
         q: &[f32],
         k: &[f32],
@@ -161,7 +150,6 @@ multiversion! {
             Some(dp) => (0..rows).map(|r| dp.row_key(row0 + r)).collect(),
             None => Vec::new(),
         };
-        o.fill(0.0);
         for j0 in (keys.0..max_hi).step_by(BLOCK_K) {
             let bk = BLOCK_K.min(max_hi - j0);
             let bkp = bk.next_multiple_of(16);
@@ -170,9 +158,8 @@ multiversion! {
             nn((rows, bkp, d), &q_rows, d, &kt, bkp, &mut s, bkp, false);
             for r in 0..rows {
                 let row = &mut s[r * bkp..(r + 1) * bkp];
-                if let Some(mask) = p.mask {
-                    let [sb, sh, si, sj] = mask.strides;
-                    let base = bi * sb + (kvh * g + r / nq) * sh + (r % nq) * si + j0 * sj;
+                if let Some(mask) = &p.mask {
+                    let (base, sj) = (p.mask_offset(mask, bi, kvh, r, j0), mask.strides[3]);
                     for (c, x) in row[..bk].iter_mut().enumerate() {
                         *x += mask.data[base + c * sj];
                     }

@@ -18,9 +18,9 @@
 
 use super::decode;
 use super::dropout::DropoutParams;
-use super::microkernel::{nn, pack_transposed, tn};
+use super::microkernel::{nn, nn_ranged, pack_transposed, tn, tn_ranged};
+use super::softmax::{online_block, probs_block};
 use crate::aligned::{AlignedSlice, Scratch};
-use crate::math::exp_f32;
 use crate::parallel::{for_each_index, DisjointMut, UninitVec};
 
 /// Query rows per block.
@@ -91,96 +91,72 @@ impl Params<'_> {
     }
 }
 
-/// SIMD width the score loops are written for (one zmm of f32).
-const LANES: usize = 16;
-
-/// The `LANES` entries of row `c` of a transposed score block starting at column `col`.
-#[inline(always)]
-fn lanes_mut(st: &mut [f32], c: usize, rp: usize, col: usize) -> &mut [f32; LANES] {
-    let start = c * rp + col;
-    (&mut st[start..start + LANES]).try_into().expect("16 lanes")
-}
-
-/// For a row whose running max moves from `m_old` to `m_new`: the shift for `exp(s − shift)`
-/// and the factor `alpha` for the row's old output and sum. Rows that have seen nothing keep
-/// `m = -inf`: their shift is 0 (so `exp(-inf − 0) = 0`, never NaN) and their alpha 0.
-#[inline(always)]
-pub(super) fn rescale(m_old: f32, m_new: f32) -> (f32, f32) {
-    let shift = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
-    let alpha = if m_old == f32::NEG_INFINITY {
-        0.0
-    } else {
-        exp_f32(m_old - m_new)
-    };
-    (shift, alpha)
-}
-
-/// Online-softmax update of one 16-column chunk of a transposed score block `st (bk × rp)`:
-/// hides keys at or beyond each column's limit `hi` (when `partial`), turns the scores into
-/// `exp(s − m_new)`, and returns `(m_new, sum, alpha)` per column, with `alpha` the factor the
-/// old accumulators must be multiplied by. Columns that have seen nothing keep `m = -inf`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn softmax_chunk(
-    st: &mut [f32],
-    rp: usize,
-    col: usize,
-    bk: usize,
+/// Which keys of a score block `(keys j0..j0 + bk) × (stacked rows 0..rp)` each row can see,
+/// from the rows' limits `hi` (key `j` visible to row `r` when `j < hi[r]`, before any
+/// additive mask): where the causal diagonal or a padding length cuts a block, the products
+/// skip the corner no row sees — keys at 16-row granularity for the score products (one
+/// chunk of rows per SIMD register), exact key counts for the products summed over keys.
+struct Visibility<'a> {
+    hi: &'a [u32],
+    /// Per 16-row chunk: the largest `hi` of its rows.
+    chunk_hi: [u32; BLOCK_Q / 16],
+    chunks: usize,
+    rb: usize,
     j0: usize,
-    hi: &[u32; LANES],
-    m_old: &[f32; LANES],
-    partial: bool,
-) -> ([f32; LANES], [f32; LANES], [f32; LANES]) {
-    let mut mx = *m_old;
-    for c in 0..bk {
-        let row = lanes_mut(st, c, rp, col);
-        if partial {
-            let j = (j0 + c) as u32;
-            for l in 0..LANES {
-                row[l] = if j >= hi[l] { f32::NEG_INFINITY } else { row[l] };
+    bk: usize,
+}
+
+impl<'a> Visibility<'a> {
+    /// For rows `0..rb` (`rb <= BLOCK_Q`; `hi` covers them) against keys `j0..j0 + bk`.
+    fn new(hi: &'a [u32], rb: usize, j0: usize, bk: usize) -> Self {
+        let chunks = rb.div_ceil(16);
+        let mut chunk_hi = [0u32; BLOCK_Q / 16];
+        for (ch, x) in chunk_hi[..chunks].iter_mut().enumerate() {
+            *x = hi[16 * ch..rb.min(16 * ch + 16)]
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0);
+        }
+        Visibility {
+            hi,
+            chunk_hi,
+            chunks,
+            rb,
+            j0,
+            bk,
+        }
+    }
+
+    /// Whether every chunk of rows sees every key of the block (no corner to skip).
+    fn full(&self) -> bool {
+        self.chunk_hi[..self.chunks]
+            .iter()
+            .all(|&h| h as usize >= self.j0 + self.bk)
+    }
+
+    /// The columns `(lo, hi)` (multiples of 16) spanning the chunks in which some row sees key
+    /// `j0 + c`; `(0, 0)` when none does.
+    fn cols(&self, c: usize) -> (usize, usize) {
+        let j = (self.j0 + c) as u32;
+        let seen = |ch: &usize| self.chunk_hi[*ch] > j;
+        match (0..self.chunks).find(seen) {
+            Some(lo) => {
+                let hi = (lo..self.chunks).rev().find(seen).unwrap_or(lo);
+                (16 * lo, 16 * (hi + 1))
             }
-        }
-        for l in 0..LANES {
-            mx[l] = if row[l] > mx[l] { row[l] } else { mx[l] };
+            None => (0, 0),
         }
     }
-    // Shift by the new maximum; 0 where a column still sees nothing (exp(-inf - 0) = 0).
-    let mut shift = [0f32; LANES];
-    let mut alpha = [0f32; LANES];
-    for l in 0..LANES {
-        (shift[l], alpha[l]) = rescale(m_old[l], mx[l]);
-    }
-    let mut sum = [0f32; LANES];
-    for c in 0..bk {
-        let row = lanes_mut(st, c, rp, col);
-        for l in 0..LANES {
-            let e = exp_f32(row[l] - shift[l]);
-            row[l] = e;
-            sum[l] += e;
-        }
-    }
-    (mx, sum, alpha)
-}
 
-/// `P = exp(s − lse)` in place on one 16-column chunk, zero where hidden (key at or beyond
-/// the column's limit `hi`, or a column whose `lse` is `-inf`).
-#[inline(always)]
-fn probs_chunk(
-    st: &mut [f32],
-    rp: usize,
-    col: usize,
-    bk: usize,
-    j0: usize,
-    hi: &[u32; LANES],
-    lse: &[f32; LANES],
-) {
-    for c in 0..bk {
-        let row = lanes_mut(st, c, rp, col);
-        let j = (j0 + c) as u32;
-        for l in 0..LANES {
-            let e = exp_f32(row[l] - lse[l]);
-            row[l] = if j < hi[l] { e } else { 0.0 };
-        }
+    /// The keys `0..n` of the block (block-relative) that some row of `r0..r0 + r` sees.
+    fn keys(&self, r0: usize, r: usize) -> usize {
+        let top = self.hi[r0..(r0 + r).min(self.rb)]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0) as usize;
+        top.saturating_sub(self.j0).min(self.bk)
     }
 }
 
@@ -316,22 +292,21 @@ multiversion! {
         let mut row_keys = vec![0u32; rp];
         for j0 in (0..max_hi).step_by(BLOCK_K) {
             let bk = BLOCK_K.min(max_hi - j0);
-            // Sᵀ = K (scale·Q)ᵀ, (bk × rp)
-            nn((bk, rp, d), &k_all[j0 * d..], d, &qt, rp, &mut st, rp, false);
-            add_mask_transposed(p, &mut st, rp, bk, bi, kvh, r0, rb, j0);
-            // Padding columns (hi = 0) are hidden by the same test as partial rows.
-            let partial = p.mask.is_some() || j0 + bk > min_hi || rb < rp;
-            for col in (0..rp).step_by(LANES) {
-                let hi_c: &[u32; LANES] = hi[col..col + LANES].try_into().expect("16 lanes");
-                let m_c: &[f32; LANES] = m[col..col + LANES].try_into().expect("16 lanes");
-                let (m_new, sum, a) = softmax_chunk(&mut st, rp, col, bk, j0, hi_c, m_c, partial);
-                for i in 0..LANES {
-                    let r = col + i;
-                    l[r] = l[r] * a[i] + sum[i];
-                    m[r] = m_new[i];
-                    alpha[r] = a[i];
-                }
+            let vis = Visibility::new(&hi, rb, j0, bk);
+            let full = vis.full();
+            // Sᵀ = K (scale·Q)ᵀ, (bk × rp); on a cut block only the chunks of rows that see
+            // each key tile (the rest is hidden below, whatever it holds).
+            let k_blk = &k_all[j0 * d..];
+            if full {
+                nn((bk, rp, d), k_blk, d, &qt, rp, &mut st, rp, false);
+            } else {
+                nn_ranged((bk, rp, d), k_blk, d, &qt, rp, &mut st, rp, false, &|c, _| (vis.cols(c), (0, d)));
             }
+            add_mask_transposed(p, &mut st, rp, bk, bi, kvh, r0, rb, j0);
+            // Padding columns (hi = 0) are hidden by the same test as partial rows; a cut
+            // block always has a row with j0 + bk > hi, so it is partial too.
+            let partial = p.mask.is_some() || j0 + bk > min_hi || rb < rp;
+            online_block(&mut st, rp, bk, j0, &hi, &mut m, &mut l, &mut alpha, partial);
             for r in 0..rb {
                 if alpha[r] != 1.0 {
                     for x in &mut o_blk[r * d..(r + 1) * d] {
@@ -344,8 +319,14 @@ multiversion! {
                 let row0 = (bi * h + kvh * g) * nq + r0;
                 drop_block(&mut st, rp, rb, bk, j0, row0, dp, &mut row_keys);
             }
-            // O += P V with P = (Sᵀ)ᵀ
-            tn((rb, d, bk), &st, rp, &v_all[j0 * d..], d, o_blk, d, true);
+            // O += P V with P = (Sᵀ)ᵀ; on a cut block each row tile stops at its last visible
+            // key (P is 0 beyond it).
+            let v_blk = &v_all[j0 * d..];
+            if full {
+                tn((rb, d, bk), &st, rp, v_blk, d, o_blk, d, true);
+            } else {
+                tn_ranged((rb, d, bk), &st, rp, v_blk, d, o_blk, d, true, &|r0, r| ((0, d), (0, vis.keys(r0, r))));
+            }
         }
         for r in 0..rb {
             lse_blk[r] = finish_row(&mut o_blk[r * d..(r + 1) * d], m[r], l[r]);
@@ -355,13 +336,16 @@ multiversion! {
 
 /// The end of a row's online softmax: divides its accumulated output by the row sum `l` and
 /// returns the row log-sum-exp `m + ln l`; a row that saw no key (`l = 0`) gets zeros and
-/// `-inf`.
+/// `-inf`, and a row whose scores held a NaN (`l` NaN) gets NaN, as in PyTorch.
 #[inline]
 pub(super) fn finish_row(o_row: &mut [f32], m: f32, l: f32) -> f32 {
     if l > 0.0 {
         let inv = 1.0 / l;
         o_row.iter_mut().for_each(|x| *x *= inv);
         m + l.ln()
+    } else if l.is_nan() {
+        o_row.fill(f32::NAN);
+        f32::NAN
     } else {
         o_row.fill(0.0);
         f32::NEG_INFINITY
@@ -484,21 +468,35 @@ multiversion! {
             for j0 in (0..max_hi).step_by(BLOCK_K) {
                 let bk = BLOCK_K.min(max_hi - j0);
                 let (k_blk, v_blk) = (&k_all[j0 * d..], &v_all[j0 * d..]);
-                // Pᵀ = exp(K (scale·Q)ᵀ + mask − lse)
-                nn((bk, rp, d), k_blk, d, &qt, rp, &mut st, rp, false);
-                add_mask_transposed(p, &mut st, rp, bk, bi, kvh, r0, rb, j0);
-                for col in (0..rp).step_by(LANES) {
-                    let hi_c: &[u32; LANES] = hi[col..col + LANES].try_into().expect("16 lanes");
-                    let lse_c: &[f32; LANES] = lse_b[col..col + LANES].try_into().expect("16 lanes");
-                    probs_chunk(&mut st, rp, col, bk, j0, hi_c, lse_c);
+                let vis = Visibility::new(&hi, rb, j0, bk);
+                let full = vis.full();
+                let key_cols = |c: usize, _| (vis.cols(c), (0, d));
+                // Pᵀ = exp(K (scale·Q)ᵀ + mask − lse); on a cut block, computed where some row
+                // of the chunk sees the key tile, and zeroed by the hiding below elsewhere.
+                if full {
+                    nn((bk, rp, d), k_blk, d, &qt, rp, &mut st, rp, false);
+                } else {
+                    nn_ranged((bk, rp, d), k_blk, d, &qt, rp, &mut st, rp, false, &key_cols);
                 }
+                add_mask_transposed(p, &mut st, rp, bk, bi, kvh, r0, rb, j0);
+                probs_block(&mut st, rp, bk, j0, &hi, &lse_b);
                 // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ − delta) · scale (the gradient of Q Kᵀ)
-                nn((bk, rp, d), v_blk, d, &dot, rp, &mut dpt, rp, false);
+                if full {
+                    nn((bk, rp, d), v_blk, d, &dot, rp, &mut dpt, rp, false);
+                } else {
+                    nn_ranged((bk, rp, d), v_blk, d, &dot, rp, &mut dpt, rp, false, &key_cols);
+                }
+                // Columns of a cut block that no row of their chunk sees: dSᵀ = 0 there (dPᵀ
+                // may be stale; every product below reads dSᵀ and Pᵀ as written here).
+                let cols = |c: usize| if full { (0, rp) } else { vis.cols(c) };
                 match &p.dropout {
                     None => {
                         for c in 0..bk {
+                            let (lo, hi_c) = cols(c);
                             let (pr, dr) = (&st[c * rp..(c + 1) * rp], &mut dpt[c * rp..(c + 1) * rp]);
-                            for ((x, &pv), &dl) in dr.iter_mut().zip(pr).zip(&delta_b[..rp]) {
+                            dr[..lo].fill(0.0);
+                            dr[hi_c..].fill(0.0);
+                            for ((x, &pv), &dl) in dr[lo..hi_c].iter_mut().zip(&pr[lo..hi_c]).zip(&delta_b[lo..hi_c]) {
                                 *x = pv * (*x - dl) * p.scale;
                             }
                         }
@@ -509,9 +507,16 @@ multiversion! {
                             *key = dp.row_key(row_base + r0 + r);
                         }
                         for c in 0..bk {
-                            let (pr, dr) = (&mut st[c * rp..c * rp + rb], &mut dpt[c * rp..c * rp + rb]);
-                            for (((x, pv), &dl), &key) in
-                                dr.iter_mut().zip(pr.iter_mut()).zip(&delta_b[..rb]).zip(&row_keys[..rb])
+                            let (lo, hi_c) = cols(c);
+                            let hi_c = hi_c.min(rb).max(lo);
+                            let (pr, dr) = (&mut st[c * rp..(c + 1) * rp], &mut dpt[c * rp..(c + 1) * rp]);
+                            dr[..lo].fill(0.0);
+                            dr[hi_c..].fill(0.0);
+                            for (((x, pv), &dl), &key) in dr[lo..hi_c]
+                                .iter_mut()
+                                .zip(pr[lo..hi_c].iter_mut())
+                                .zip(&delta_b[lo..hi_c])
+                                .zip(&row_keys[lo..hi_c])
                             {
                                 let m = dp.factor(key, j0 + c);
                                 *x = *pv * (*x * m - dl) * p.scale;
@@ -520,35 +525,24 @@ multiversion! {
                         }
                     }
                 }
-                // dV += P dO... in kv-major form: dV[c] += Σ_r Pᵀ[c][r] dO[r]
-                nn((bk, d, rb), &st, rp, do_blk, d, &mut dv_head[j0 * d..], d, true);
-                // dK[c] += Σ_r dSᵀ[c][r] Q[r]
-                nn((bk, d, rb), &dpt, rp, q_blk, d, &mut dk_head[j0 * d..], d, true);
-                // dQ[r] += Σ_c dSᵀ[c][r] K[c]
-                tn((rb, d, bk), &dpt, rp, k_blk, d, dq_blk, d, true);
+                let (dv_blk, dk_blk) = (&mut dv_head[j0 * d..], &mut dk_head[j0 * d..]);
+                if full {
+                    // dV += P dO... in kv-major form: dV[c] += Σ_r Pᵀ[c][r] dO[r]
+                    nn((bk, d, rb), &st, rp, do_blk, d, dv_blk, d, true);
+                    // dK[c] += Σ_r dSᵀ[c][r] Q[r]
+                    nn((bk, d, rb), &dpt, rp, q_blk, d, dk_blk, d, true);
+                    // dQ[r] += Σ_c dSᵀ[c][r] K[c]
+                    tn((rb, d, bk), &dpt, rp, k_blk, d, dq_blk, d, true);
+                } else {
+                    // The same sums over the rows that see each key tile, and over the keys each
+                    // row tile sees (the terms left out are zeros).
+                    let rows_of = |c: usize, _| ((0, d), vis.cols(c));
+                    nn_ranged((bk, d, rb), &st, rp, do_blk, d, dv_blk, d, true, &rows_of);
+                    nn_ranged((bk, d, rb), &dpt, rp, q_blk, d, dk_blk, d, true, &rows_of);
+                    let keys_of = |r0: usize, r: usize| ((0, d), (0, vis.keys(r0, r)));
+                    tn_ranged((rb, d, bk), &dpt, rp, k_blk, d, dq_blk, d, true, &keys_of);
+                }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exp_is_accurate_and_exactly_zero_far_below() {
-        let mut worst = 0f64;
-        for i in 0..=200_000 {
-            let x = -90.0 + i as f32 * (90.5 / 200_000.0);
-            let got = exp_f32(x) as f64;
-            let want = (x as f64).exp();
-            if want > 1e-37 {
-                worst = worst.max((got - want).abs() / want);
-            }
-        }
-        assert!(worst < 3e-7, "max relative error {worst}");
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_f32(-100.0), 0.0);
-        assert_eq!(exp_f32(0.0), 1.0);
     }
 }

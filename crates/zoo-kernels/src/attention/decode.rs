@@ -9,8 +9,9 @@
 //! `cpu::forward` (masks, padding lengths, causal alignment, dropout, rows with no visible key);
 //! the backward pass is `cpu::backward`'s, from the same row log-sum-exp.
 
-use super::cpu::{finish_row, rescale, Dims, Params, BLOCK_K};
+use super::cpu::{finish_row, Dims, Params, BLOCK_K};
 use super::microkernel::{nn, pack_transposed};
+use super::softmax::rescale;
 use crate::math::exp_f32;
 use crate::parallel::{for_each_index, threads, DisjointMut};
 
@@ -101,8 +102,11 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params, out: &mut [f3
             let o_row = &mut o[r * d..(r + 1) * d];
             o_row.fill(0.0);
             let mut sum = 0f32;
-            if mx > f32::NEG_INFINITY {
-                for s in (0..splits).filter(|&s| m_of(s) > f32::NEG_INFINITY) {
+            for s in 0..splits {
+                if l_of(s).is_nan() {
+                    // NaN scores (their max skipped them): the row is NaN, as unsplit.
+                    sum = f32::NAN;
+                } else if m_of(s) > f32::NEG_INFINITY {
                     let w = exp_f32(m_of(s) - mx);
                     sum += l_of(s) * w;
                     for (x, &y) in o_row.iter_mut().zip(&part(s)[r * d..(r + 1) * d]) {

@@ -43,6 +43,118 @@ pub(crate) fn tn(
     product::<true>((m, n, k), a, lda, b, ldb, c, ldc, accumulate)
 }
 
+/// Which part of each row tile of C a [`nn_ranged`] / [`tn_ranged`] product needs: called with
+/// a tile's rows `(i0, r)`, it returns the columns `(j_lo, j_hi)` (multiples of 16) to compute
+/// and the span `(p_lo, p_hi)` of the sum to run over. Used on score blocks that the causal
+/// diagonal or a padding length cuts, to skip what no row can see.
+///
+/// The ranges are a license, not a promise: elsewhere the product may be computed in full
+/// (without AVX-512, or when `n % 16 != 0`), so the caller must be right either way — columns
+/// outside `j_lo..j_hi` may hold results or stale values, and the terms left out of the sum
+/// must be zeros.
+pub(crate) type Ranges<'a> = &'a dyn Fn(usize, usize) -> ((usize, usize), (usize, usize));
+
+/// [`nn`] computing, per row tile, only what `ranges` asks for (see [`Ranges`]).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn nn_ranged(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    ranges: Ranges,
+) {
+    product_ranged::<false>((m, n, k), a, lda, b, ldb, c, ldc, accumulate, ranges)
+}
+
+/// [`tn`] computing, per row tile, only what `ranges` asks for (see [`Ranges`]).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn tn_ranged(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    ranges: Ranges,
+) {
+    product_ranged::<true>((m, n, k), a, lda, b, ldb, c, ldc, accumulate, ranges)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn product_ranged<const TA: bool>(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    ranges: Ranges,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if m > 0 && n % 16 == 0 && avx512::available() {
+        // Bounds of the whole product, as in `product`; each tile's ranges are checked below.
+        assert!(c.len() >= (m - 1) * ldc + n, "C too small");
+        if k > 0 {
+            let a_need = if TA { (k - 1) * lda + m } else { (m - 1) * lda + k };
+            assert!(
+                a.len() >= a_need && b.len() >= (k - 1) * ldb + n,
+                "A or B too small"
+            );
+        }
+        let mut i0 = 0;
+        while i0 < m {
+            let r = (m - i0).min(avx512::MR);
+            let ((j_lo, j_hi), (p_lo, p_hi)) = ranges(i0, r);
+            let (j_hi, p_hi) = (j_hi.min(n), p_hi.min(k));
+            if j_lo < j_hi {
+                assert!(
+                    j_lo % 16 == 0 && j_hi % 16 == 0,
+                    "column ranges must be multiples of 16"
+                );
+                let kk = p_hi.saturating_sub(p_lo);
+                let a0 = if kk == 0 {
+                    0
+                } else if TA {
+                    p_lo * lda + i0
+                } else {
+                    i0 * lda + p_lo
+                };
+                // SAFETY: AVX-512F is present; rows i0..i0 + r < m, columns j_lo..j_hi <= n and
+                // sum indices p_lo..p_hi <= k lie inside the bounds checked above.
+                unsafe {
+                    avx512::product::<TA>(
+                        r,
+                        j_hi - j_lo,
+                        kk,
+                        a.as_ptr().add(a0),
+                        lda,
+                        b.as_ptr().add(if kk == 0 { 0 } else { p_lo * ldb } + j_lo),
+                        ldb,
+                        c.as_mut_ptr().add(i0 * ldc + j_lo),
+                        ldc,
+                        accumulate,
+                    )
+                };
+            }
+            i0 += r;
+        }
+        return;
+    }
+    let _ = ranges; // computed in full (allowed, see `Ranges`)
+    product::<TA>((m, n, k), a, lda, b, ldb, c, ldc, accumulate)
+}
+
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn product<const TA: bool>(
@@ -185,7 +297,7 @@ mod avx512 {
     }
 
     /// Tiles of `MR` rows × `NV`·16 columns.
-    const MR: usize = 6;
+    pub(super) const MR: usize = 6;
 
     /// `dst[i·ld_dst + j] = scale · src[j·ld_src + i]` for a 16 × 16 tile.
     #[target_feature(enable = "avx512f")]

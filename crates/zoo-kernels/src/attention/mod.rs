@@ -32,6 +32,7 @@ pub mod metal_layout;
 mod microkernel;
 mod op;
 mod reference;
+mod softmax;
 
 pub use dropout::AttentionDropout;
 pub use reference::{attention_probs, reference_attention, repeat_kv};

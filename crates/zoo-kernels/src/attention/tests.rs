@@ -273,6 +273,75 @@ fn masks_padding_and_rows_without_keys_match_the_reference() -> Result<()> {
     Ok(())
 }
 
+/// A NaN in a query row's scores makes that row's output NaN (as in PyTorch), on the block
+/// kernel, the decode forward and the decode forward with keys split between threads; it does
+/// not pass for a row that saw no key.
+#[test]
+fn nan_scores_give_nan_rows() -> Result<()> {
+    for c in [
+        case("block", 1, 2, 2, 40, 70, 16),
+        case("decode", 1, 8, 2, 1, 600, 16),
+        case("decode, split keys", 1, 8, 1, 1, 1200, 16),
+    ] {
+        let mut r = rng(5);
+        let mut q = randn(&mut r, &[c.b, c.h, c.nq, c.d], 1.0)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        q[3] = f32::NAN; // row 0 of head 0
+        let q = Tensor::from_vec(q, (c.b, c.h, c.nq, c.d), &Device::Cpu)?;
+        let k = randn(&mut r, &[c.b, c.hkv, c.nk, c.d], 1.0)?;
+        let v = randn(&mut r, &[c.b, c.hkv, c.nk, c.d], 1.0)?;
+        let out = flash_attention(&q, &k, &v, &AttentionOptions::default())?;
+        let rows = out.flatten_to(2)?.to_vec2::<f32>()?;
+        assert!(rows[0].iter().all(|x| x.is_nan()), "{}: the NaN row", c.name);
+        assert!(
+            rows[1..].iter().flatten().all(|x| x.is_finite()),
+            "{}: the other rows",
+            c.name
+        );
+    }
+    Ok(())
+}
+
+/// Blocks the causal diagonal cuts skip their hidden corner, so parts of the per-thread score
+/// buffers keep what an earlier call left there. After a call whose scores and `dP` were all
+/// NaN (on this thread, the caller, which takes part in every loop), the next causal call must
+/// still match the reference: nothing stale may reach a result. The diagonal's offset
+/// (`kv_len − q_len`) moves through 0..6 so that it falls differently on the 6-row tiles of
+/// the products, once with padding lengths too.
+#[test]
+fn stale_scratch_from_a_nan_call_does_not_leak() -> Result<()> {
+    let mut r = rng(77);
+    for offset in 0..7 {
+        let c = case("cut diagonal", 2, 2, 1, 70, 70 + offset, 16);
+        let nan = |shape: &[usize]| Tensor::full(f32::NAN, shape, &Device::Cpu);
+        let q = nan(&[c.b, c.h, c.nq, c.d])?;
+        let k = randn(&mut r, &[c.b, c.hkv, c.nk, c.d], 1.0)?;
+        let v = nan(&[c.b, c.hkv, c.nk, c.d])?;
+        let up = randn(&mut r, &[c.b, c.h, c.nq, c.d], 1.0)?;
+        let [out, ..] = run(
+            flash_attention,
+            [&q, &k, &v, &up],
+            DType::F32,
+            &AttentionOptions::default(),
+        )?;
+        assert!(
+            out.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_nan()),
+            "NaN inputs give NaN outputs"
+        );
+        let lens = (offset == 6)
+            .then(|| Tensor::new(&[60u32, 37], &Device::Cpu))
+            .transpose()?;
+        let opts = AttentionOptions {
+            causal: true,
+            kv_lengths: lens,
+            ..Default::default()
+        };
+        check(&c, &opts, 300 + offset as u64, 1.0, 1e-5)?;
+    }
+    Ok(())
+}
+
 #[test]
 fn rows_that_see_no_key_give_zeros_and_zero_gradient() -> Result<()> {
     // q_len 6 > kv_len 3 with causal: queries 0..2 see no key (i + 3 - 6 < 0).

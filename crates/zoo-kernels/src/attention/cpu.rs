@@ -12,9 +12,11 @@
 //! reductions; `Qᵀ` (and `dOᵀ`) are packed once per query block, K and V are used in place.
 //! Groups of at most `decode::MAX_ROWS` stacked rows (decoding a token) would leave most of
 //! those lanes padding: their forward runs row-major in `decode.rs` instead.
-//! Block products are the register-tiled micro-kernels of `microkernel.rs`; the loops between
-//! them are compiled for AVX-512, AVX2+FMA and the baseline and chosen at run time (a portable
-//! build would otherwise leave them at SSE2).
+//! Block products are the register-tiled micro-kernels of `microkernel.rs`; the softmax steps
+//! between them are in `softmax.rs` (AVX-512 intrinsics, or plain loops); the remaining loops
+//! are compiled for AVX-512, AVX2+FMA and the baseline and chosen at run time (a portable
+//! build would otherwise leave them at SSE2). Blocks that the causal diagonal or a padding
+//! length cuts skip the corner no row sees ([`Visibility`], the `*_ranged` products).
 
 use super::decode;
 use super::dropout::DropoutParams;

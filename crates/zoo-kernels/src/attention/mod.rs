@@ -16,6 +16,9 @@
 //! - `causal` is aligned bottom-right, as in KV-cache decoding: query `i` sees keys
 //!   `j <= i + kv_len - q_len`.
 //! - A query that sees no key at all returns zeros and gets zero gradient, never NaN.
+//!
+//! On the CPU a NaN among a query's scores (NaN inputs) makes that query's output NaN, as in
+//! PyTorch (tested; the GPU kernels are not held to this).
 
 mod cpu;
 #[cfg(feature = "cuda")]

@@ -23,7 +23,7 @@ use super::dropout::DropoutParams;
 use super::microkernel::{nn, nn_ranged, pack_transposed, tn, tn_ranged};
 use super::softmax::{online_block, probs_block};
 use crate::aligned::{AlignedSlice, Scratch};
-use crate::parallel::{for_each_index, DisjointMut, UninitVec};
+use crate::parallel::{for_each_index, threads, DisjointMut, UninitVec};
 
 /// Query rows per block.
 pub(crate) const BLOCK_Q: usize = 64;
@@ -374,29 +374,99 @@ pub(crate) fn backward(
             zeroed(b * hkv * nk * d),
         );
     }
-    // Each group zeroes its own ranges of the gradients (no serial memsets up front).
+    // Few groups for the threads (batch 1 with one kv head, or many cores): each group's query
+    // blocks are dealt to `splits` items, interleaved so that causal blocks even out. Split 0
+    // accumulates dK and dV in the outputs, the others in buffers of their own (kv-sized:
+    // small exactly when groups are few), added in after.
+    let splits = threads().div_ceil(b * hkv).min(rows.div_ceil(BLOCK_Q)).max(1);
+    backward_split(q, k, v, out, dout, lse, p, splits)
+}
+
+/// [`backward`] with each group's query blocks dealt to `splits` work items.
+#[allow(clippy::too_many_arguments)]
+fn backward_split(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    dout: &[f32],
+    lse: &[f32],
+    p: &Params,
+    splits: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let Dims { b, h, hkv, nq, nk, d } = p.dims;
+    let groups = b * hkv;
+    let per_head = nk * d;
+    // Every item zeroes the ranges it owns (no serial memsets up front).
     let mut dq = UninitVec::new(b * h * nq * d);
-    let mut dk = UninitVec::new(b * hkv * nk * d);
-    let mut dv = UninitVec::new(b * hkv * nk * d);
+    let mut dk = UninitVec::new(groups * per_head);
+    let mut dv = UninitVec::new(groups * per_head);
+    let mut dk_more = UninitVec::new(groups * (splits - 1) * per_head);
+    let mut dv_more = UninitVec::new(groups * (splits - 1) * per_head);
     let (dq_w, dk_w, dv_w) = (dq.writer(), dk.writer(), dv.writer());
-    for_each_index(b * hkv, |bk| {
-        let (bi, kvh) = (bk / hkv, bk % hkv);
-        // SAFETY: group bk owns its query rows of dq and its kv head's rows of dk and dv.
-        let (dq_group, dk_head, dv_head) = unsafe {
-            (
-                dq_w.zeroed_range(bk * rows * d, rows * d),
-                dk_w.zeroed_range(bk * nk * d, nk * d),
-                dv_w.zeroed_range(bk * nk * d, nk * d),
-            )
+    let (dk_more_w, dv_more_w) = (dk_more.writer(), dv_more.writer());
+    for_each_index(groups * splits, |item| {
+        let (grp, split) = (item / splits, item % splits);
+        // SAFETY: split 0 of group `grp` owns its kv head's rows of dk and dv, split s > 0 its
+        // own partial buffers; each query block of the group goes to one split (in
+        // `backward_group`, through `dq_w`).
+        let (dk_acc, dv_acc) = unsafe {
+            if split == 0 {
+                (
+                    dk_w.zeroed_range(grp * per_head, per_head),
+                    dv_w.zeroed_range(grp * per_head, per_head),
+                )
+            } else {
+                let at = (grp * (splits - 1) + split - 1) * per_head;
+                (
+                    dk_more_w.zeroed_range(at, per_head),
+                    dv_more_w.zeroed_range(at, per_head),
+                )
+            }
         };
-        // delta_i = Σ_e dO_ie · O_ie: the softmax backward's row term, for this group's rows.
-        let span = bk * rows * d..(bk + 1) * rows * d;
-        let mut delta = vec![0f32; rows];
-        row_dots(&mut delta, &out[span.clone()], &dout[span], d);
-        backward_group(q, k, v, dout, lse, &delta, p, bi, kvh, dq_group, dk_head, dv_head)
+        backward_group(
+            q,
+            k,
+            v,
+            out,
+            dout,
+            lse,
+            p,
+            grp,
+            (split, splits),
+            &dq_w,
+            dk_acc,
+            dv_acc,
+        )
     });
-    // SAFETY: the b·hkv groups cover dq (rows·d each), dk and dv (nk·d each).
-    unsafe { (dq.assume_init(), dk.assume_init(), dv.assume_init()) }
+    // SAFETY: the query blocks of every group cover dq; split 0 of each group covers its dk and
+    // dv; the partial buffers are covered by splits 1.. of every group.
+    let (dq, mut dk, mut dv) = unsafe { (dq.assume_init(), dk.assume_init(), dv.assume_init()) };
+    if splits > 1 {
+        let (dk_more, dv_more) = unsafe { (dk_more.assume_init(), dv_more.assume_init()) };
+        add_partials(&mut dk, &dk_more, splits - 1, per_head);
+        add_partials(&mut dv, &dv_more, splits - 1, per_head);
+    }
+    (dq, dk, dv)
+}
+
+/// `sums[g] += Σ_s parts[g][s]` for every group `g`, with `sums` made of `per_group`-element
+/// groups and `parts` of `extra` such groups per group; in parallel chunks.
+fn add_partials(sums: &mut [f32], parts: &[f32], extra: usize, per_group: usize) {
+    const CHUNK: usize = 16 * 1024;
+    let chunks = per_group.div_ceil(CHUNK);
+    let groups = sums.len() / per_group.max(1);
+    let out = DisjointMut::new(sums);
+    for_each_index(groups * chunks, |item| {
+        let (g, c) = (item / chunks, item % chunks);
+        let (start, len) = (c * CHUNK, CHUNK.min(per_group - c * CHUNK));
+        // SAFETY: item (g, c) owns chunk c of group g.
+        let dst = unsafe { out.range_mut(g * per_group + start, len) };
+        for s in 0..extra {
+            let src = &parts[(g * extra + s) * per_group + start..][..len];
+            dst.iter_mut().zip(src).for_each(|(x, y)| *x += y);
+        }
+    });
 }
 
 multiversion! {
@@ -409,34 +479,35 @@ multiversion! {
 }
 
 multiversion! {
-    /// All gradients of one (batch, kv-head) group: dK, dV of the kv head and dQ of its query
-    /// heads, from `delta`, the group's rows' `Σ dO·O`. Query blocks are the outer loop, so Qᵀ
-    /// and dOᵀ are packed once per block.
+    /// Gradients of one (batch, kv-head) group `grp` from query blocks `split, split + splits,
+    /// …`: writes dQ of those blocks (zeroing each first, through `dq_w`) and adds their part
+    /// of dK and dV into `dk_acc` / `dv_acc` (the kv head's `nk × d`, zero on entry). Query
+    /// blocks are the outer loop, so Qᵀ and dOᵀ are packed once per block.
     fn backward_group(
         q: &[f32],
         k: &[f32],
         v: &[f32],
+        out: &[f32],
         dout: &[f32],
         lse: &[f32],
-        delta: &[f32],
         p: &Params,
-        bi: usize,
-        kvh: usize,
-        dq_group: &mut [f32],
+        grp: usize,
+        splits: (usize, usize),
+        dq_w: &DisjointMut<'_, std::mem::MaybeUninit<f32>>,
         dk_head: &mut [f32],
         dv_head: &mut [f32],
     ) {
         let Dims { h, hkv, nq, nk, d, .. } = p.dims;
+        let (bi, kvh) = (grp / hkv, grp % hkv);
+        let (split, splits) = splits;
         let g = h / hkv;
         let rows = g * nq;
         let row_base = (bi * h + kvh * g) * nq;
         let kv_base = (bi * hkv + kvh) * nk * d;
-        // K, Q and dO are the streamed operands of the dQ, dK and dV products: copies of this
-        // group's rows when they do not start on a cache line (extra memory per thread only).
+        // K, Q and dO are the streamed operands of the dQ, dK and dV products: copies of them
+        // when they do not start on a cache line (extra memory per thread only).
         let k_all = AlignedSlice::new(&k[kv_base..kv_base + nk * d], d);
         let v_all = &v[kv_base..kv_base + nk * d];
-        let q_group = AlignedSlice::new(&q[row_base * d..(row_base + rows) * d], d);
-        let do_group = AlignedSlice::new(&dout[row_base * d..(row_base + rows) * d], d);
         let rp_max = BLOCK_Q;
         // Qᵀ and dOᵀ are streamed by the score products, Pᵀ and dSᵀ written by them (`aligned.rs`).
         let mut qt = Scratch::new(d * rp_max);
@@ -447,26 +518,29 @@ multiversion! {
         let mut lse_b = vec![0f32; rp_max];
         let mut delta_b = vec![0f32; rp_max];
         let mut row_keys = vec![0u32; rp_max];
-        for r0 in (0..rows).step_by(BLOCK_Q) {
+        for r0 in (split * BLOCK_Q..rows).step_by(splits * BLOCK_Q) {
             let rb = BLOCK_Q.min(rows - r0);
             let rp = rb.div_ceil(16) * 16;
-            let q_blk = &q_group[r0 * d..(r0 + rb) * d];
-            let do_blk = &do_group[r0 * d..(r0 + rb) * d];
+            let span = (row_base + r0) * d..(row_base + r0 + rb) * d;
+            let (q_copy, do_copy) = (AlignedSlice::new(&q[span.clone()], d), AlignedSlice::new(&dout[span.clone()], d));
+            let (q_blk, do_blk): (&[f32], &[f32]) = (&q_copy, &do_copy);
             pack_transposed(&mut qt, q_blk, rb, rp, d, p.scale);
             pack_transposed(&mut dot, do_blk, rb, rp, d, 1.0);
             hi[..rp].fill(0);
             lse_b[..rp].fill(f32::NEG_INFINITY);
             delta_b[..rp].fill(0.0);
+            // delta_r = Σ_e dO_re · O_re: the softmax backward's row term.
+            row_dots(&mut delta_b[..rb], &out[span.clone()], &dout[span], d);
             for r in 0..rb {
                 hi[r] = p.hi(bi, (r0 + r) % nq) as u32;
                 lse_b[r] = lse[row_base + r0 + r];
-                delta_b[r] = delta[r0 + r];
                 if lse_b[r] == f32::NEG_INFINITY {
                     hi[r] = 0; // a row that sees no key has zero gradient
                 }
             }
             let max_hi = hi[..rb].iter().copied().max().unwrap_or(0) as usize;
-            let dq_blk = &mut dq_group[r0 * d..(r0 + rb) * d];
+            // SAFETY: query block r0 of this group is this item's alone (see `backward`).
+            let dq_blk = unsafe { dq_w.zeroed_range((grp * rows + r0) * d, rb * d) };
             for j0 in (0..max_hi).step_by(BLOCK_K) {
                 let bk = BLOCK_K.min(max_hi - j0);
                 let (k_blk, v_blk) = (&k_all[j0 * d..], &v_all[j0 * d..]);
@@ -543,6 +617,62 @@ multiversion! {
                     nn_ranged((bk, d, rb), &dpt, rp, q_blk, d, dk_blk, d, true, &rows_of);
                     let keys_of = |r0: usize, r: usize| ((0, d), (0, vis.keys(r0, r)));
                     tn_ranged((rb, d, bk), &dpt, rp, k_blk, d, dq_blk, d, true, &keys_of);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::dropout::AttentionDropout;
+
+    /// Dealing a group's query blocks to several work items (what few groups on many threads
+    /// get) gives the gradients of one item per group: dQ exactly (same sums), dK and dV up to
+    /// the order of their additions. Shapes with 1–5 query blocks per group, causal and
+    /// padded, with dropout; more splits than blocks leave items without work.
+    #[test]
+    fn split_backward_matches_one_item_per_group() {
+        let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 2003) as f32 / 2003.0 - 0.5) * 2.0;
+        let lens = [70usize, 41];
+        let drop = AttentionDropout::with_seed(0.2, 9);
+        for &(b, h, hkv, nq, nk, d) in &[
+            (1, 4, 1, 40, 90, 32),
+            (2, 3, 1, 100, 100, 16),
+            (1, 2, 2, 17, 60, 8),
+        ] {
+            for (causal, padded, dropout) in [(false, false, false), (true, false, false), (true, true, true)]
+            {
+                let dims = Dims { b, h, hkv, nq, nk, d };
+                let p = Params {
+                    dims,
+                    scale: 0.3,
+                    causal,
+                    kv_len: padded.then_some(&lens[..b]),
+                    mask: None,
+                    dropout: dropout.then(|| drop.params()),
+                };
+                let q: Vec<f32> = (0..b * h * nq * d).map(|i| val(i, 1)).collect();
+                let k: Vec<f32> = (0..b * hkv * nk * d).map(|i| val(i, 2)).collect();
+                let v: Vec<f32> = (0..b * hkv * nk * d).map(|i| val(i, 3)).collect();
+                let dout: Vec<f32> = (0..b * h * nq * d).map(|i| val(i, 4)).collect();
+                let (out, lse) = forward(&q, &k, &v, &p);
+                let one = backward_split(&q, &k, &v, &out, &dout, &lse, &p, 1);
+                let blocks = (h / hkv * nq).div_ceil(BLOCK_Q);
+                for splits in [2, 3, blocks + 1] {
+                    let many = backward_split(&q, &k, &v, &out, &dout, &lse, &p, splits);
+                    let what =
+                        format!("{dims:?} causal {causal} padded {padded} dropout {dropout} splits {splits}");
+                    assert_eq!(one.0, many.0, "{what}: dq");
+                    for (name, x, y) in [("dk", &one.1, &many.1), ("dv", &one.2, &many.2)] {
+                        let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        let diff = x.iter().zip(y).fold(0f32, |m, (a, c)| m.max((a - c).abs()));
+                        assert!(
+                            diff <= 1e-6 * scale.max(1e-30),
+                            "{what}: {name} differs by {diff:e} (scale {scale:e})"
+                        );
+                    }
                 }
             }
         }

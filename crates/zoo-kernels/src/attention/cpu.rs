@@ -355,6 +355,10 @@ pub(super) fn finish_row(o_row: &mut [f32], m: f32, l: f32) -> f32 {
 }
 
 /// Backward pass: gradients `(dq, dk, dv)` from the saved output and row log-sum-exp.
+///
+/// Memory beyond the gradients: per-thread block scratch, and when there are fewer (batch,
+/// kv-head) groups than threads, up to `threads − 1` partial copies of dK and dV (kv-sized,
+/// so small in exactly that case: one kv head at batch 1).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     q: &[f32],

@@ -308,6 +308,7 @@ multiversion! {
             // Padding columns (hi = 0) are hidden by the same test as partial rows; a cut
             // block always has a row with j0 + bk > hi, so it is partial too.
             let partial = p.mask.is_some() || j0 + bk > min_hi || rb < rp;
+            debug_assert!(full || partial, "a cut block must hide what it skipped");
             online_block(&mut st, rp, bk, j0, &hi, &mut m, &mut l, &mut alpha, partial);
             for r in 0..rb {
                 if alpha[r] != 1.0 {
@@ -485,7 +486,7 @@ multiversion! {
 multiversion! {
     /// Gradients of one (batch, kv-head) group `grp` from query blocks `split, split + splits,
     /// …`: writes dQ of those blocks (zeroing each first, through `dq_w`) and adds their part
-    /// of dK and dV into `dk_acc` / `dv_acc` (the kv head's `nk × d`, zero on entry). Query
+    /// of dK and dV into `dk_head` / `dv_head` (the kv head's `nk × d`, zero on entry). Query
     /// blocks are the outer loop, so Qᵀ and dOᵀ are packed once per block.
     fn backward_group(
         q: &[f32],

@@ -486,6 +486,70 @@ mod tests {
         }
     }
 
+    /// Ranged products: per row tile, the columns asked for hold the product, the others are
+    /// untouched or hold it too (a full computation is allowed), and a sum stopped early equals
+    /// the full one when the terms left out are zeros (the contract of `Ranges`).
+    #[test]
+    fn ranged_products_compute_what_each_tile_asks_for() {
+        let val = |i: usize| ((i * 7919 % 1009) as f32 / 1009.0) - 0.5;
+        // Tile (i0, r) → columns and sum span that move with the tile, some empty.
+        let ranges = |i0: usize, _r: usize| {
+            let cols = match i0 % 4 {
+                0 => (0, 64),
+                1 => (16, 48),
+                2 => (32, 32),
+                _ => (48, 64),
+            };
+            (cols, (i0 % 5, 40 - i0 % 7))
+        };
+        for &(m, n, k) in &[(13usize, 64usize, 40usize), (30, 64, 40), (7, 48, 33)] {
+            for ta in [false, true] {
+                let lda = if ta { m + 1 } else { k + 3 };
+                let mut a: Vec<f32> = (0..(if ta { k } else { m }) * lda).map(val).collect();
+                // Zero A outside each tile's sum span (tiles of 6 rows, as the kernel cuts them).
+                for i in 0..m {
+                    let (_, (p_lo, p_hi)) = ranges(i / 6 * 6, 6);
+                    for p in (0..k).filter(|&p| p < p_lo || p >= p_hi) {
+                        a[if ta { p * lda + i } else { i * lda + p }] = 0.0;
+                    }
+                }
+                let b: Vec<f32> = (0..k * n).map(|i| val(i + 5)).collect();
+                let want = if ta {
+                    naive::<true>(m, n, k, &a, lda, &b, n)
+                } else {
+                    naive::<false>(m, n, k, &a, lda, &b, n)
+                };
+                for accumulate in [false, true] {
+                    let before: Vec<f32> = (0..m * n).map(|i| val(i + 9)).collect();
+                    let mut c = before.clone();
+                    if ta {
+                        tn_ranged((m, n, k), &a, lda, &b, n, &mut c, n, accumulate, &ranges);
+                    } else {
+                        nn_ranged((m, n, k), &a, lda, &b, n, &mut c, n, accumulate, &ranges);
+                    }
+                    for i in 0..m {
+                        let ((j_lo, j_hi), _) = ranges(i / 6 * 6, 6);
+                        for j in 0..n {
+                            let full =
+                                want[i * n + j] + if accumulate { before[i * n + j] as f64 } else { 0.0 };
+                            let got = c[i * n + j] as f64;
+                            let is_full = (got - full).abs() < 1e-4;
+                            let what = format!("m{m} n{n} k{k} ta={ta} acc={accumulate} ({i},{j})");
+                            if (j_lo..j_hi).contains(&j) {
+                                assert!(is_full, "{what}: {got} vs {full}");
+                            } else {
+                                assert!(
+                                    is_full || got == before[i * n + j] as f64,
+                                    "{what}: {got} is neither"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn both_products_match_a_naive_loop_on_awkward_sizes() {
         let val = |i: usize| ((i * 7919 % 1009) as f32 / 1009.0) - 0.5;

@@ -7,7 +7,7 @@
 //! Both hide the keys a row may not see (key-padding length, causal diagonal) from the
 //! per-row limit `hi`: key `j` is visible to column `r` when `j < hi[r]`.
 //!
-//! Written twice with the same results: with AVX-512 intrinsics, used when the CPU has
+//! Written twice, computing the same step: with AVX-512 intrinsics, used when the CPU has
 //! AVX-512F (the compiler had turned the masked loops of the portable version into scalar
 //! code, and its `exp` costs ~17 instructions against 12 here), and as plain loops for every
 //! other CPU. The tests below hold both to an f64 model of the same step.

@@ -23,6 +23,7 @@ use super::dropout::DropoutParams;
 use super::microkernel::{nn, nn_ranged, pack_transposed, tn, tn_ranged};
 use super::softmax::{online_block, probs_block};
 use crate::aligned::{AlignedSlice, Scratch};
+use crate::math::exp_f32;
 use crate::parallel::{for_each_index, threads, DisjointMut, UninitVec};
 
 /// Query rows per block.
@@ -238,29 +239,140 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params) -> (Vec<f32>,
         decode::forward(q, k, v, p, &mut out, &mut lse);
         return (out, lse);
     }
+    let splits = key_splits(b * hkv * rows.div_ceil(BLOCK_Q), p.dims.nk);
+    let out = forward_blocks(q, k, v, p, splits, &mut lse);
+    (out, lse)
+}
+
+/// [`forward`] by query blocks, each block's keys split between `splits` work items: returns
+/// the output and fills `lse`.
+fn forward_blocks(q: &[f32], k: &[f32], v: &[f32], p: &Params, splits: usize, lse: &mut [f32]) -> Vec<f32> {
+    let Dims { b, h, hkv, nq, d, .. } = p.dims;
+    let rows = p.dims.group() * nq;
     // Every item zeroes and writes its own rows of the output (no serial memset up front).
     let mut out = UninitVec::new(b * h * nq * d);
-    let (out_w, lse_w) = (out.writer(), DisjointMut::new(&mut lse));
+    let (out_w, lse_w) = (out.writer(), DisjointMut::new(lse));
     // One item per (batch, kv head, query block): items write disjoint rows of `out` and `lse`.
     let blocks = rows.div_ceil(BLOCK_Q);
-    for_each_index(b * hkv * blocks, |item| {
+    let items = b * hkv * blocks;
+    let item_rows = |item: usize| {
         let (bk, blk) = (item / blocks, item % blocks);
-        let (bi, kvh) = (bk / hkv, bk % hkv);
         let r0 = blk * BLOCK_Q;
-        let rb = BLOCK_Q.min(rows - r0);
-        let row = bk * rows + r0;
-        // SAFETY: item (bk, blk) owns rows `row..row + rb`, which no other item touches.
-        let (o_blk, lse_blk) = unsafe { (out_w.zeroed_range(row * d, rb * d), lse_w.range_mut(row, rb)) };
-        forward_block(q, k, v, p, bi, kvh, r0, o_blk, lse_blk)
-    });
+        (bk / hkv, bk % hkv, r0, BLOCK_Q.min(rows - r0), bk * rows + r0)
+    };
+    // SAFETY (for the callers below): item `item` owns its rows `row..row + rb` of both.
+    let item_out =
+        |row: usize, rb: usize| unsafe { (out_w.zeroed_range(row * d, rb * d), lse_w.range_mut(row, rb)) };
+    if splits == 1 {
+        for_each_index(items, |item| {
+            let (bi, kvh, r0, rb, row) = item_rows(item);
+            let (o_blk, lse_blk) = item_out(row, rb);
+            forward_block(q, k, v, p, bi, kvh, r0, o_blk, lse_blk)
+        });
+    } else {
+        // Fewer query blocks than threads: each block's keys are split between items too, and
+        // the partial softmaxes merged (as `decode.rs` does for a handful of rows).
+        let per_split = p.dims.nk.div_ceil(BLOCK_K).div_ceil(splits) * BLOCK_K;
+        let stride = BLOCK_Q * (d + 2); // o (rb × d), then m and l (rb each)
+        let mut parts = vec![0f32; items * splits * stride];
+        let parts_w = DisjointMut::new(&mut parts);
+        for_each_index(items * splits, |i| {
+            let (item, split) = (i / splits, i % splits);
+            let (bi, kvh, r0, rb, _) = item_rows(item);
+            let keys = (split * per_split, ((split + 1) * per_split).min(p.dims.nk));
+            // SAFETY: work item i owns its partial-result range.
+            let part = unsafe { parts_w.range_mut(i * stride, stride) };
+            let (o, ml) = part.split_at_mut(rb * d);
+            let (m, l) = ml.split_at_mut(rb);
+            forward_keys(q, k, v, p, bi, kvh, r0, keys, o, &mut m[..rb], &mut l[..rb]);
+        });
+        for_each_index(items, |item| {
+            let (_, _, _, rb, row) = item_rows(item);
+            let (o_blk, lse_blk) = item_out(row, rb);
+            let part = |s: usize| {
+                let at = (item * splits + s) * stride;
+                let (o, ml) = parts[at..at + stride].split_at(rb * d);
+                (o, &ml[..rb], &ml[rb..2 * rb])
+            };
+            merge_splits(o_blk, lse_blk, d, splits, part);
+        });
+    }
     // SAFETY: the query blocks of every group cover the output.
-    (unsafe { out.assume_init() }, lse)
+    unsafe { out.assume_init() }
+}
+
+/// How many parts to split each work item's keys into when there are fewer items than
+/// threads: enough items for every thread, with at least two key blocks per part.
+pub(super) fn key_splits(items: usize, nk: usize) -> usize {
+    threads()
+        .div_ceil(items.max(1))
+        .min(nk.div_ceil(BLOCK_K) / 2)
+        .max(1)
+}
+
+/// Finishes rows whose keys were split between work items: `part(s)` gives split `s`'s
+/// unnormalized output rows `(rows × d)`, running maxima and sums (`rows = lse.len()`).
+/// With `M = max m_s`: `L = Σ l_s·e^(m_s − M)`, `O = Σ o_s·e^(m_s − M) / L`, `lse = M + ln L`.
+pub(super) fn merge_splits<'a>(
+    o: &mut [f32],
+    lse: &mut [f32],
+    d: usize,
+    splits: usize,
+    part: impl Fn(usize) -> (&'a [f32], &'a [f32], &'a [f32]),
+) {
+    for r in 0..lse.len() {
+        let mx = (0..splits)
+            .map(|s| part(s).1[r])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let o_row = &mut o[r * d..(r + 1) * d];
+        o_row.fill(0.0);
+        let mut sum = 0f32;
+        for s in 0..splits {
+            let (o_s, m_s, l_s) = part(s);
+            if l_s[r].is_nan() {
+                // NaN scores (their max skipped them): the row is NaN, as unsplit.
+                sum = f32::NAN;
+            } else if m_s[r] > f32::NEG_INFINITY {
+                let w = exp_f32(m_s[r] - mx);
+                sum += l_s[r] * w;
+                for (x, &y) in o_row.iter_mut().zip(&o_s[r * d..(r + 1) * d]) {
+                    *x += w * y;
+                }
+            }
+        }
+        lse[r] = finish_row(o_row, mx, sum);
+    }
+}
+
+/// One block of up to `BLOCK_Q` stacked query rows starting at row `r0` of group `(bi, kvh)`,
+/// against all keys: its output rows and log-sum-exp. `o_blk` must be zero on entry (the
+/// callers hand it over freshly zeroed).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_block(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: &Params,
+    bi: usize,
+    kvh: usize,
+    r0: usize,
+    o_blk: &mut [f32],
+    lse_blk: &mut [f32],
+) {
+    let (rb, d) = (lse_blk.len(), p.dims.d);
+    let (mut m, mut l) = (vec![0f32; rb], vec![0f32; rb]);
+    forward_keys(q, k, v, p, bi, kvh, r0, (0, p.dims.nk), o_blk, &mut m, &mut l);
+    for r in 0..rb {
+        lse_blk[r] = finish_row(&mut o_blk[r * d..(r + 1) * d], m[r], l[r]);
+    }
 }
 
 multiversion! {
-    /// One block of up to `BLOCK_Q` stacked query rows starting at row `r0` of group `(bi, kvh)`;
-    /// `o_blk` must be zero on entry (the callers hand it over freshly zeroed).
-    pub(super) fn forward_block(
+    /// The online softmax of a block of `rb = m_out.len()` stacked query rows starting at row
+    /// `r0` of group `(bi, kvh)`, over keys `keys.0..keys.1` (`keys.0` a multiple of
+    /// `BLOCK_K`): leaves the unnormalized output in `o_blk` (zero on entry) and each row's
+    /// running max and sum in `m_out` and `l_out` (`-inf` and 0 for rows that saw no key).
+    fn forward_keys(
         q: &[f32],
         k: &[f32],
         v: &[f32],
@@ -268,12 +380,14 @@ multiversion! {
         bi: usize,
         kvh: usize,
         r0: usize,
+        keys: (usize, usize),
         o_blk: &mut [f32],
-        lse_blk: &mut [f32],
+        m_out: &mut [f32],
+        l_out: &mut [f32],
     ) {
         let Dims { h, hkv, nq, nk, d, .. } = p.dims;
         let g = h / hkv;
-        let rb = lse_blk.len();
+        let rb = m_out.len();
         let rp = rb.div_ceil(16) * 16;
         let q_blk = &q[((bi * h + kvh * g) * nq + r0) * d..][..rb * d];
         let kv_base = (bi * hkv + kvh) * nk * d;
@@ -285,14 +399,14 @@ multiversion! {
         for (r, x) in hi[..rb].iter_mut().enumerate() {
             *x = p.hi(bi, (r0 + r) % nq) as u32;
         }
-        let max_hi = hi[..rb].iter().copied().max().unwrap_or(0) as usize;
+        let max_hi = (hi[..rb].iter().copied().max().unwrap_or(0) as usize).min(keys.1);
         let min_hi = hi[..rb].iter().copied().min().unwrap_or(0) as usize;
         let mut m = vec![f32::NEG_INFINITY; rp];
         let mut l = vec![0f32; rp];
         let mut alpha = vec![0f32; rp];
         let mut st = Scratch::new(BLOCK_K * rp);
         let mut row_keys = vec![0u32; rp];
-        for j0 in (0..max_hi).step_by(BLOCK_K) {
+        for j0 in (keys.0..max_hi).step_by(BLOCK_K) {
             let bk = BLOCK_K.min(max_hi - j0);
             let vis = Visibility::new(&hi, rb, j0, bk);
             let full = vis.full();
@@ -331,9 +445,8 @@ multiversion! {
                 tn_ranged((rb, d, bk), &st, rp, v_blk, d, o_blk, d, true, &|r0, r| ((0, d), (0, vis.keys(r0, r))));
             }
         }
-        for r in 0..rb {
-            lse_blk[r] = finish_row(&mut o_blk[r * d..(r + 1) * d], m[r], l[r]);
-        }
+        m_out.copy_from_slice(&m[..rb]);
+        l_out.copy_from_slice(&l[..rb]);
     }
 }
 
@@ -632,6 +745,72 @@ multiversion! {
 mod tests {
     use super::*;
     use crate::attention::dropout::AttentionDropout;
+
+    /// Splitting each query block's keys between work items (what few blocks on many threads
+    /// get) gives the forward of one item per block, up to rounding: the partial softmaxes
+    /// merge exactly. Causal, padded, masked (with a fully masked row) and dropout; more splits
+    /// than key blocks leave parts without keys.
+    #[test]
+    fn split_keys_forward_matches_one_item_per_block() {
+        let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 2003) as f32 / 2003.0 - 0.5) * 3.0;
+        let lens = [300usize, 41];
+        let drop = AttentionDropout::with_seed(0.2, 5);
+        for &(b, h, hkv, nq, nk, d) in &[(1, 2, 1, 20, 600, 32), (2, 3, 3, 70, 333, 16)] {
+            let mask: Vec<f32> = (0..nq * nk)
+                .map(|i| {
+                    if i / nk == 3 || i % 7 == 0 {
+                        f32::NEG_INFINITY
+                    } else {
+                        val(i, 9)
+                    }
+                })
+                .collect();
+            for (causal, padded, masked, dropout) in [
+                (false, false, false, false),
+                (true, false, false, false),
+                (true, true, true, false),
+                (false, true, false, true),
+            ] {
+                let p = Params {
+                    dims: Dims { b, h, hkv, nq, nk, d },
+                    scale: 0.3,
+                    causal,
+                    kv_len: padded.then_some(&lens[..b]),
+                    mask: masked.then_some(MaskRef {
+                        data: &mask,
+                        strides: [0, 0, nk, 1],
+                    }),
+                    dropout: dropout.then(|| drop.params()),
+                };
+                let q: Vec<f32> = (0..b * h * nq * d).map(|i| val(i, 1)).collect();
+                let k: Vec<f32> = (0..b * hkv * nk * d).map(|i| val(i, 2)).collect();
+                let v: Vec<f32> = (0..b * hkv * nk * d).map(|i| val(i, 3)).collect();
+                let mut lse1 = vec![0f32; b * h * nq];
+                let one = forward_blocks(&q, &k, &v, &p, 1, &mut lse1);
+                for splits in [2, 3, nk.div_ceil(BLOCK_K) + 2] {
+                    let mut lse = vec![0f32; b * h * nq];
+                    let many = forward_blocks(&q, &k, &v, &p, splits, &mut lse);
+                    let what = format!("{:?} causal {causal} padded {padded} masked {masked} dropout {dropout} splits {splits}", p.dims);
+                    for (i, (x, y)) in one.iter().zip(&many).enumerate() {
+                        assert!((x - y).abs() <= 2e-6, "{what}: out[{i}] {x} vs {y}");
+                    }
+                    for (i, (x, y)) in lse1.iter().zip(&lse).enumerate() {
+                        assert!(
+                            x == y || (x - y).abs() <= 2e-6 * x.abs().max(1.0),
+                            "{what}: lse[{i}] {x} vs {y}"
+                        );
+                    }
+                    if masked {
+                        let row3 = 3 * d..4 * d;
+                        assert!(
+                            many[row3].iter().all(|&x| x == 0.0) && lse[3] == f32::NEG_INFINITY,
+                            "{what}: fully masked row"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// Dealing a group's query blocks to several work items (what few groups on many threads
     /// get) gives the gradients of one item per group: dQ exactly (same sums), dK and dV up to

@@ -9,11 +9,11 @@
 //! `cpu::forward` (masks, padding lengths, causal alignment, dropout, rows with no visible key);
 //! the backward pass is `cpu::backward`'s, from the same row log-sum-exp.
 
-use super::cpu::{finish_row, Dims, Params, BLOCK_K};
+use super::cpu::{finish_row, key_splits, merge_splits, Dims, Params, BLOCK_K};
 use super::microkernel::{nn, pack_transposed};
 use super::softmax::rescale;
 use crate::math::exp_f32;
-use crate::parallel::{for_each_index, threads, DisjointMut};
+use crate::parallel::{for_each_index, DisjointMut};
 
 /// Stacked query rows per kv head up to which [`forward`] is used: at 8 rows the
 /// transposed layout already wastes half of its 16 lanes.
@@ -53,10 +53,8 @@ fn softmax_row(row: &mut [f32], m_old: f32) -> (f32, f32, f32) {
 pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params, out: &mut [f32], lse: &mut [f32]) {
     let Dims { b, h, hkv, nq, nk, d } = p.dims;
     let (groups, rows) = (b * hkv, h / hkv * nq);
-    let key_blocks = nk.div_ceil(BLOCK_K).max(1);
-    // Splits per group: enough items for every thread, at least two key blocks each.
-    let splits = threads().div_ceil(groups).min(key_blocks / 2).max(1);
-    let per_split = key_blocks.div_ceil(splits) * BLOCK_K;
+    let splits = key_splits(groups, nk);
+    let per_split = nk.div_ceil(BLOCK_K).div_ceil(splits) * BLOCK_K;
     let (out_w, lse_w) = (DisjointMut::new(out), DisjointMut::new(lse));
     // SAFETY (for callers): each group's rows `grp·rows..(grp + 1)·rows` are taken by one item.
     let group_out = |grp: usize| unsafe {
@@ -91,31 +89,14 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], p: &Params, out: &mut [f3
         let (m, l) = ml.split_at_mut(rows);
         partial(q, k, v, p, (grp / hkv, grp % hkv), keys, o, m, l);
     });
-    // Merge: M = max m_s, L = Σ l_s·e^(m_s − M), O = Σ o_s·e^(m_s − M) / L, lse = M + ln L.
     for_each_index(groups, |grp| {
         let (o, ls) = group_out(grp);
-        let part = |s: usize| &parts[(grp * splits + s) * stride..(grp * splits + s + 1) * stride];
-        for r in 0..rows {
-            let m_of = |s: usize| part(s)[rows * d + r];
-            let l_of = |s: usize| part(s)[rows * d + rows + r];
-            let mx = (0..splits).map(m_of).fold(f32::NEG_INFINITY, f32::max);
-            let o_row = &mut o[r * d..(r + 1) * d];
-            o_row.fill(0.0);
-            let mut sum = 0f32;
-            for s in 0..splits {
-                if l_of(s).is_nan() {
-                    // NaN scores (their max skipped them): the row is NaN, as unsplit.
-                    sum = f32::NAN;
-                } else if m_of(s) > f32::NEG_INFINITY {
-                    let w = exp_f32(m_of(s) - mx);
-                    sum += l_of(s) * w;
-                    for (x, &y) in o_row.iter_mut().zip(&part(s)[r * d..(r + 1) * d]) {
-                        *x += w * y;
-                    }
-                }
-            }
-            ls[r] = finish_row(o_row, mx, sum);
-        }
+        let part = |s: usize| {
+            let at = (grp * splits + s) * stride;
+            let (o, ml) = parts[at..at + stride].split_at(rows * d);
+            (o, &ml[..rows], &ml[rows..])
+        };
+        merge_splits(o, ls, d, splits, part);
     });
 }
 

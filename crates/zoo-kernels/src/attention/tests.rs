@@ -39,9 +39,10 @@ const fn case(name: &'static str, b: usize, h: usize, hkv: usize, nq: usize, nk:
 
 /// Shapes: size 1 everywhere, odd sizes, several query/key blocks (64 / 128), q_len != kv_len
 /// both ways, grouped-query and multi-query attention, head dims from 1 to 256; cases with at
-/// most 8 stacked rows per kv head run the row-major decode forward (`decode.rs`); with one
-/// group of 3 query blocks, the last one's backward is split between threads (on machines
-/// with more than one; `cpu::tests` covers the split itself on any machine).
+/// most 8 stacked rows per kv head run the row-major decode forward (`decode.rs`). On machines
+/// with more than one thread, the last two cases split work between threads: the backward of
+/// one group's 3 query blocks, and the keys of a single query block (`cpu::tests` covers both
+/// splits on any machine).
 const CASES: &[Case] = &[
     case("all ones", 1, 1, 1, 1, 1, 1),
     case("odd", 2, 3, 3, 17, 17, 7),
@@ -53,6 +54,7 @@ const CASES: &[Case] = &[
     case("long keys", 1, 2, 2, 3, 517, 64),
     case("decode, 8 stacked rows, odd head dim", 2, 8, 2, 2, 200, 40),
     case("mqa, batch 1: backward split", 1, 4, 1, 40, 90, 32),
+    case("one query block, long keys: keys split", 1, 2, 1, 20, 600, 32),
 ];
 
 fn rng(seed: u64) -> rand::rngs::StdRng {

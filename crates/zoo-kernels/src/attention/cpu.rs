@@ -17,6 +17,11 @@
 //! are compiled for AVX-512, AVX2+FMA and the baseline and chosen at run time (a portable
 //! build would otherwise leave them at SSE2). Blocks that the causal diagonal or a padding
 //! length cuts skip the corner no row sees ([`Visibility`], the `*_ranged` products).
+//!
+//! Work items are (batch, kv head, query block) in the forward and (batch, kv head) groups in
+//! the backward. When there are fewer of them than threads (one kv head at batch 1, a short
+//! prompt, many cores), the forward also splits each block's keys between items and merges
+//! the partial softmaxes, and the backward deals a group's query blocks to several items.
 
 use super::decode;
 use super::dropout::DropoutParams;

@@ -103,15 +103,8 @@ fn product_ranged<const TA: bool>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if m > 0 && n % 16 == 0 && avx512::available() {
-        // Bounds of the whole product, as in `product`; each tile's ranges are checked below.
-        assert!(c.len() >= (m - 1) * ldc + n, "C too small");
-        if k > 0 {
-            let a_need = if TA { (k - 1) * lda + m } else { (m - 1) * lda + k };
-            assert!(
-                a.len() >= a_need && b.len() >= (k - 1) * ldb + n,
-                "A or B too small"
-            );
-        }
+        // Bounds of the whole product; each tile's ranges are clamped into them below.
+        check_bounds::<TA>((m, n, k), a, lda, b, ldb, c, ldc);
         let mut i0 = 0;
         while i0 < m {
             let r = (m - i0).min(avx512::MR);
@@ -155,6 +148,29 @@ fn product_ranged<const TA: bool>(
     product::<TA>((m, n, k), a, lda, b, ldb, c, ldc, accumulate)
 }
 
+/// Every element the strides of an `m × n × k` product address must be inside the slices
+/// (`m, n > 0`; checked, not assumed: the SIMD paths read through raw pointers).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn check_bounds<const TA: bool>(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &[f32],
+    ldc: usize,
+) {
+    assert!(c.len() >= (m - 1) * ldc + n, "C too small");
+    if k > 0 {
+        let a_need = if TA { (k - 1) * lda + m } else { (m - 1) * lda + k };
+        assert!(
+            a.len() >= a_need && b.len() >= (k - 1) * ldb + n,
+            "A or B too small"
+        );
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn product<const TA: bool>(
@@ -170,16 +186,7 @@ fn product<const TA: bool>(
     if m == 0 || n == 0 {
         return;
     }
-    // Every element the strides address must be inside the slices (checked, not assumed:
-    // the SIMD path below reads through raw pointers).
-    assert!(c.len() >= (m - 1) * ldc + n, "C too small");
-    if k > 0 {
-        let a_need = if TA { (k - 1) * lda + m } else { (m - 1) * lda + k };
-        assert!(
-            a.len() >= a_need && b.len() >= (k - 1) * ldb + n,
-            "A or B too small"
-        );
-    }
+    check_bounds::<TA>((m, n, k), a, lda, b, ldb, c, ldc);
     #[cfg(target_arch = "x86_64")]
     if n % 16 == 0 && avx512::available() {
         // SAFETY: AVX-512F is present; bounds are checked above.

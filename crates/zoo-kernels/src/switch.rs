@@ -1,4 +1,5 @@
-//! One process-wide switch between the zoo's fused kernels and plain candle ops.
+//! Process-wide switches: the zoo's fused kernels or plain candle ops, and the fused
+//! kernels' hand-written AVX-512 code or their portable loops.
 //!
 //! Every op in this crate has a composed fallback built from candle's own differentiable ops
 //! (used anyway on devices or dtypes a kernel does not serve). Turning the fused kernels off
@@ -30,5 +31,81 @@ pub fn fused_kernels() -> bool {
             set_fused_kernels(on);
             on
         }
+    }
+}
+
+/// The SIMD code the CPU kernels may run, from none to the widest; ordered, so a limit allows
+/// everything below it. It covers the attention kernels' hand-written code (register-tiled
+/// block products, softmax steps) and which compiled version of every kernel loop runs
+/// (each is built for AVX-512, AVX2 + FMA and the baseline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdCode {
+    /// Plain loops compiled for the baseline (SSE2 on x86-64): what CPUs without AVX2 + FMA run,
+    /// and, compiled for their own baseline, non-x86 CPUs (NEON on ARM).
+    Portable,
+    /// AVX2 + FMA register tiles (8 lanes), for x86 CPUs without AVX-512.
+    Avx2,
+    /// AVX-512 register tiles and softmax steps (16 lanes); the default where the CPU has it.
+    Avx512,
+}
+
+/// For [`simd_code`]: 0 not decided yet (read the environment), else 1 + the limit.
+static SIMD: AtomicU8 = AtomicU8::new(0);
+
+/// The environment variable read on first use: `CANDLE_ZOO_SIMD=avx2` or `=portable` starts
+/// the process with the wider code off.
+pub const SIMD_ENV_VAR: &str = "CANDLE_ZOO_SIMD";
+
+/// Limits the SIMD code the CPU kernels may use to `limit` and below (the default allows all;
+/// each still needs the CPU to have it). For comparing the codes, or running the narrower ones
+/// on a machine that has the wider (what a CPU without AVX-512 would run).
+pub fn set_simd_code(limit: SimdCode) {
+    SIMD.store(1 + limit as u8, Ordering::Relaxed);
+}
+
+/// The widest hand-written SIMD code allowed ([`set_simd_code`], `CANDLE_ZOO_SIMD`).
+pub fn simd_code() -> SimdCode {
+    match SIMD.load(Ordering::Relaxed) {
+        1 => SimdCode::Portable,
+        2 => SimdCode::Avx2,
+        3 => SimdCode::Avx512,
+        _ => {
+            let limit = match std::env::var(SIMD_ENV_VAR).map(|v| v.to_ascii_lowercase()) {
+                Ok(v) if v == "portable" => SimdCode::Portable,
+                Ok(v) if v == "avx2" => SimdCode::Avx2,
+                _ => SimdCode::Avx512,
+            };
+            set_simd_code(limit);
+            limit
+        }
+    }
+}
+
+/// Whether the AVX-512 code runs: allowed and the CPU has AVX-512F (both cached, so cheap to
+/// ask per block).
+#[inline]
+pub(crate) fn use_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd_code() >= SimdCode::Avx512 && std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the AVX2 + FMA code may run: allowed and the CPU has both.
+#[inline]
+pub(crate) fn use_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd_code() >= SimdCode::Avx2
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }

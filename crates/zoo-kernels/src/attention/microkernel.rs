@@ -1,4 +1,4 @@
-//! The two block products every attention kernel is made of, register-tiled for AVX-512:
+//! The two block products every attention kernel is made of, register-tiled:
 //!
 //! - [`nn`]: `C[i][j] (+)= Σ_p A[i][p] · B[p][j]`
 //! - [`tn`]: `C[i][j] (+)= Σ_p A[p][i] · B[p][j]`
@@ -9,7 +9,10 @@
 //!
 //! On CPUs with AVX-512F and `n % 16 == 0`, a 6×64 tile of C lives in 24 zmm registers while
 //! `k` rank-1 updates stream through it (one row of B loaded, 6 elements of A broadcast, 24
-//! FMAs per step). Elsewhere a plain loop version, which the compiler vectorizes, is used.
+//! FMAs per step). With AVX2 + FMA only (or `n % 16 != 0`) and `n % 8 == 0`, 6×16 tiles do the
+//! same in 12 ymm registers. Elsewhere (ARM, older x86, odd `n`) a loop version with 4×8 tiles
+//! in small arrays, which the compiler vectorizes, is used. `switch::set_simd_code` can narrow
+//! the choice, to measure or test the narrower code on a wider CPU.
 
 /// `C (m×n) (+)= A (m×k) · B (k×n)`.
 #[allow(clippy::too_many_arguments)]
@@ -44,7 +47,8 @@ pub(crate) fn tn(
 }
 
 /// Which part of each row tile of C a [`nn_ranged`] / [`tn_ranged`] product needs: called with
-/// a tile's rows `(i0, r)`, it returns the columns `(j_lo, j_hi)` (multiples of 16) to compute
+/// a tile's rows `(i0, r)`, it returns the columns `(j_lo, j_hi)` (multiples of 16, or the
+/// whole width) to compute
 /// and the span `(p_lo, p_hi)` of the sum to run over. Used on score blocks that the causal
 /// diagonal or a padding length cuts, to skip what no row can see.
 ///
@@ -101,19 +105,18 @@ fn product_ranged<const TA: bool>(
     accumulate: bool,
     ranges: Ranges,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if m > 0 && n % 16 == 0 && avx512::available() {
+    if let (true, Some((kernel, mr, lanes))) = (m > 0, tiled::<TA>(n)) {
         // Bounds of the whole product; each tile's ranges are clamped into them below.
         check_bounds::<TA>((m, n, k), a, lda, b, ldb, c, ldc);
         let mut i0 = 0;
         while i0 < m {
-            let r = (m - i0).min(avx512::MR);
+            let r = (m - i0).min(mr);
             let ((j_lo, j_hi), (p_lo, p_hi)) = ranges(i0, r);
             let (j_hi, p_hi) = (j_hi.min(n), p_hi.min(k));
             if j_lo < j_hi {
                 assert!(
-                    j_lo % 16 == 0 && j_hi % 16 == 0,
-                    "column ranges must be multiples of 16"
+                    j_lo.is_multiple_of(lanes) && j_hi.is_multiple_of(lanes),
+                    "column ranges must be multiples of the kernel's {lanes} lanes"
                 );
                 let kk = p_hi.saturating_sub(p_lo);
                 let a0 = if kk == 0 {
@@ -123,10 +126,11 @@ fn product_ranged<const TA: bool>(
                 } else {
                     i0 * lda + p_lo
                 };
-                // SAFETY: AVX-512F is present; rows i0..i0 + r < m, columns j_lo..j_hi <= n and
-                // sum indices p_lo..p_hi <= k lie inside the bounds checked above.
+                // SAFETY: `tiled` checked the CPU features; rows i0..i0 + r < m, columns
+                // j_lo..j_hi <= n and sum indices p_lo..p_hi <= k lie inside the bounds checked
+                // above.
                 unsafe {
-                    avx512::product::<TA>(
+                    kernel(
                         r,
                         j_hi - j_lo,
                         kk,
@@ -146,6 +150,27 @@ fn product_ranged<const TA: bool>(
     }
     let _ = ranges; // computed in full (allowed, see `Ranges`)
     product::<TA>((m, n, k), a, lda, b, ldb, c, ldc, accumulate)
+}
+
+/// A register-tiled product, `(m, n, k, a, lda, b, ldb, c, ldc, accumulate)` on raw pointers.
+type Kernel = unsafe fn(usize, usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize, bool);
+
+/// The register-tiled kernel for an `n`-column product on this CPU, with its rows per tile and
+/// lanes (its column granularity): AVX-512 (n a multiple of 16), else AVX2 + FMA (n a multiple
+/// of 8), as `switch` allows; `None` leaves the plain loop.
+#[inline]
+fn tiled<const TA: bool>(n: usize) -> Option<(Kernel, usize, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if n.is_multiple_of(16) && avx512::available() {
+            return Some((avx512::product::<TA> as Kernel, avx512::MR, 16));
+        }
+        if n.is_multiple_of(8) && avx2::available() {
+            return Some((avx2::product::<TA> as Kernel, avx2::MR, 8));
+        }
+    }
+    let _ = n;
+    None
 }
 
 /// Every element the strides of an `m × n × k` product address must be inside the slices
@@ -187,11 +212,10 @@ fn product<const TA: bool>(
         return;
     }
     check_bounds::<TA>((m, n, k), a, lda, b, ldb, c, ldc);
-    #[cfg(target_arch = "x86_64")]
-    if n % 16 == 0 && avx512::available() {
-        // SAFETY: AVX-512F is present; bounds are checked above.
+    if let Some((kernel, ..)) = tiled::<TA>(n) {
+        // SAFETY: `tiled` checked the CPU features; bounds are checked above.
         unsafe {
-            avx512::product::<TA>(
+            kernel(
                 m,
                 n,
                 k,
@@ -261,7 +285,9 @@ pub(crate) fn pack_transposed(dst: &mut [f32], src: &[f32], rows: usize, rp: usi
 }
 
 multiversion! {
-    /// Loop version: row of C += scalar of A × row of B (vectorizes along `j`).
+    /// Loop version for CPUs without the SIMD kernels: tiles of up to 4 rows × 8 columns whose
+    /// accumulators are small fixed-size arrays (the compiler keeps them in vector registers),
+    /// and a plain loop for the last `n % 8` columns.
     fn portable(
         m: usize,
         n: usize,
@@ -275,20 +301,159 @@ multiversion! {
         ldc: usize,
         accumulate: bool,
     ) {
-        for i in 0..m {
-            let row = &mut c[i * ldc..i * ldc + n];
-            if !accumulate {
-                row.fill(0.0);
-            }
-            for p in 0..k {
-                let av = if ta { a[p * lda + i] } else { a[i * lda + p] };
-                if av == 0.0 {
-                    continue;
+        let a_at = |i: usize, p: usize| if ta { a[p * lda + i] } else { a[i * lda + p] };
+        let full_n = n / PORTABLE_W * PORTABLE_W;
+        let mut i0 = 0;
+        while i0 < m {
+            let r = (m - i0).min(4);
+            for j0 in (0..full_n).step_by(PORTABLE_W) {
+                match r {
+                    1 => portable_tile::<1>(k, &a_at, i0, b, ldb, j0, c, ldc, accumulate),
+                    2 => portable_tile::<2>(k, &a_at, i0, b, ldb, j0, c, ldc, accumulate),
+                    3 => portable_tile::<3>(k, &a_at, i0, b, ldb, j0, c, ldc, accumulate),
+                    _ => portable_tile::<4>(k, &a_at, i0, b, ldb, j0, c, ldc, accumulate),
                 }
-                for (x, &bv) in row.iter_mut().zip(&b[p * ldb..p * ldb + n]) {
-                    *x += av * bv;
+            }
+            for i in i0..i0 + r {
+                for j in full_n..n {
+                    let sum = (0..k).fold(0f32, |s, p| s + a_at(i, p) * b[p * ldb + j]);
+                    let x = &mut c[i * ldc + j];
+                    *x = if accumulate { *x + sum } else { sum };
                 }
             }
+            i0 += r;
+        }
+    }
+}
+
+/// Columns of a [`portable`] tile.
+const PORTABLE_W: usize = 8;
+
+/// One `R × 8` tile of [`portable`] at rows `i0..`, columns `j0..`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn portable_tile<const R: usize>(
+    k: usize,
+    a_at: &impl Fn(usize, usize) -> f32,
+    i0: usize,
+    b: &[f32],
+    ldb: usize,
+    j0: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[0f32; PORTABLE_W]; R];
+    for p in 0..k {
+        let row: &[f32; PORTABLE_W] = b[p * ldb + j0..p * ldb + j0 + PORTABLE_W]
+            .try_into()
+            .expect("8 columns");
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            let av = a_at(i0 + i, p);
+            for (x, &bv) in acc_i.iter_mut().zip(row) {
+                *x += av * bv;
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        let out = &mut c[(i0 + i) * ldc + j0..(i0 + i) * ldc + j0 + PORTABLE_W];
+        for (x, &y) in out.iter_mut().zip(acc_i) {
+            *x = if accumulate { *x + y } else { y };
+        }
+    }
+}
+
+/// The AVX2 + FMA kernels for x86 CPUs without AVX-512: the same register tiling with 8-lane
+/// registers. A 6 × 16 tile keeps 12 accumulators in the 16 ymm registers.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Whether the AVX2 + FMA code runs: the CPU has both and `switch` allows it.
+    #[inline]
+    pub(super) fn available() -> bool {
+        crate::switch::use_avx2()
+    }
+
+    /// Tiles of `MR` rows × `NV`·8 columns.
+    pub(super) const MR: usize = 6;
+
+    /// One `R × 8·NV` tile, `R <= 6`, `NV <= 2`: the accumulators stay in registers.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const TA: bool, const R: usize, const NV: usize>(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); NV]; R];
+        for p in 0..k {
+            let bp = b.add(p * ldb);
+            let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(bp.add(8 * v)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(if TA {
+                    *a.add(p * lda + i)
+                } else {
+                    *a.add(i * lda + p)
+                });
+                for (x, y) in row.iter_mut().zip(&bv) {
+                    *x = _mm256_fmadd_ps(av, *y, *x);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                let cp = c.add(i * ldc + 8 * v);
+                let r = if accumulate {
+                    _mm256_add_ps(_mm256_loadu_ps(cp), *x)
+                } else {
+                    *x
+                };
+                _mm256_storeu_ps(cp, r);
+            }
+        }
+    }
+
+    /// The whole product, `n % 8 == 0`: column panels of up to 16, row tiles of up to 6.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn product<const TA: bool>(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut j0 = 0;
+        while j0 < n {
+            let nv = ((n - j0) / 8).min(2);
+            let mut i0 = 0;
+            while i0 < m {
+                let r = (m - i0).min(MR);
+                let ai = if TA { a.add(i0) } else { a.add(i0 * lda) };
+                let (bj, cij) = (b.add(j0), c.add(i0 * ldc + j0));
+                macro_rules! tile_rn {
+                    ($($r:literal, $nv:literal);*) => {
+                        match (r, nv) {
+                            $(($r, $nv) => tile::<TA, $r, $nv>(k, ai, lda, bj, ldb, cij, ldc, accumulate),)*
+                            _ => unreachable!("r <= 6 and nv <= 2"),
+                        }
+                    };
+                }
+                tile_rn!(1, 1; 2, 1; 3, 1; 4, 1; 5, 1; 6, 1; 1, 2; 2, 2; 3, 2; 4, 2; 5, 2; 6, 2);
+                i0 += r;
+            }
+            j0 += 8 * nv;
         }
     }
 }
@@ -297,10 +462,10 @@ multiversion! {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// Whether the CPU has AVX-512F (cached by the standard library after the first call).
+    /// Whether the AVX-512 code runs: the CPU has AVX-512F and `switch` allows it.
     #[inline]
     pub(super) fn available() -> bool {
-        std::is_x86_feature_detected!("avx512f")
+        crate::switch::use_avx512()
     }
 
     /// Tiles of `MR` rows × `NV`·16 columns.
@@ -509,7 +674,8 @@ mod tests {
             };
             (cols, (i0 % 5, 40 - i0 % 7))
         };
-        for &(m, n, k) in &[(13usize, 64usize, 40usize), (30, 64, 40), (7, 48, 33)] {
+        // n = 40 takes the AVX2 tiles on an AVX-512 machine (not a multiple of 16).
+        for &(m, n, k) in &[(13usize, 64usize, 40usize), (30, 64, 40), (7, 48, 33), (9, 40, 20)] {
             for ta in [false, true] {
                 let lda = if ta { m + 1 } else { k + 3 };
                 let mut a: Vec<f32> = (0..(if ta { k } else { m }) * lda).map(val).collect();
@@ -568,6 +734,7 @@ mod tests {
             (128, 64, 3),
             (5, 7, 9),
             (6, 128, 0),
+            (11, 24, 17),
         ] {
             for ta in [false, true] {
                 let (lda, ldb, ldc) = (if ta { m + 3 } else { k + 2 }, n + 16, n + 5);

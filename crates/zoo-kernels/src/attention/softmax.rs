@@ -31,17 +31,10 @@ pub(super) fn rescale(m_old: f32, m_new: f32) -> (f32, f32) {
     (shift, alpha)
 }
 
-/// Whether the AVX-512 versions can run (cached by the standard library after the first call).
+/// Whether the AVX-512 versions run (the CPU has AVX-512F, and `switch` allows them).
 #[inline]
 fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::switch::use_avx512()
 }
 
 /// Checks the slice lengths the raw-pointer loops rely on.
@@ -60,6 +53,7 @@ fn check(st: &[f32], rp: usize, bk: usize, per_row: &[usize]) {
 /// the factor for the row's old output, and `l[r] = l[r]·alpha[r] + Σ_j exp(s − m_new)`.
 /// Columns that have seen no key keep `m = -inf`, `alpha = 0` and zeros.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)] // so that the portable loops compile with each caller's features (AVX2 …)
 pub(super) fn online_block(
     st: &mut [f32],
     rp: usize,
@@ -95,6 +89,7 @@ pub(super) fn online_block(
 
 /// [`online_block`] as plain loops (any CPU).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn online_block_portable(
     st: &mut [f32],
     rp: usize,
@@ -122,6 +117,7 @@ fn online_block_portable(
 /// `P = exp(s − lse)` in place on a transposed score block `st (bk × rp)` of keys
 /// `j0..j0 + bk`, 0 where hidden (key `j >= hi[r]`; rows whose `lse` is `-inf` must have
 /// `hi = 0`).
+#[inline(always)] // as `online_block`
 pub(super) fn probs_block(st: &mut [f32], rp: usize, bk: usize, j0: usize, hi: &[u32], lse: &[f32]) {
     check(st, rp, bk, &[hi.len(), lse.len()]);
     #[cfg(target_arch = "x86_64")]
@@ -134,6 +130,7 @@ pub(super) fn probs_block(st: &mut [f32], rp: usize, bk: usize, j0: usize, hi: &
 }
 
 /// [`probs_block`] as plain loops (any CPU).
+#[inline(always)]
 fn probs_block_portable(st: &mut [f32], rp: usize, bk: usize, j0: usize, hi: &[u32], lse: &[f32]) {
     for col in (0..rp).step_by(LANES) {
         let hi_c: &[u32; LANES] = hi[col..col + LANES].try_into().expect("16 lanes");

@@ -235,8 +235,8 @@ fn product<const TA: bool>(
 
 /// Packs `rows` rows of `src` (row stride `d`) transposed and scaled into `dst` `(d × rp)`:
 /// `dst[e·rp + r] = scale · src[r·d + e]`, with columns `rows..rp` zero. Whole 16 × 16 tiles
-/// go through an in-register AVX-512 transpose (a scalar loop writes `dst` with stride `rp`,
-/// one cache line per element); the edges use the loop.
+/// go through an in-register AVX-512 transpose, or 8 × 8 tiles through an AVX one (a scalar
+/// loop writes `dst` with stride `rp`, one cache line per element); the edges use the loop.
 pub(crate) fn pack_transposed(dst: &mut [f32], src: &[f32], rows: usize, rp: usize, d: usize, scale: f32) {
     assert!(
         rows <= rp && dst.len() >= d * rp && src.len() >= rows * d,
@@ -245,31 +245,40 @@ pub(crate) fn pack_transposed(dst: &mut [f32], src: &[f32], rows: usize, rp: usi
     for e in 0..d {
         dst[e * rp + rows..(e + 1) * rp].fill(0.0);
     }
-    let (mut full_r, full_e) = (rows / 16 * 16, d / 16 * 16);
+    // Whole t × t tiles through an in-register transpose (t = 16 with AVX-512, 8 with AVX2);
+    // `full_r × full_e` is the part they cover.
+    #[allow(unused_mut)]
+    let (mut full_r, mut full_e) = (0, 0);
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
-        for r0 in (0..full_r).step_by(16) {
-            for e0 in (0..full_e).step_by(16) {
-                // SAFETY: AVX-512F is present; the tile reads rows r0..r0+16, columns e0..e0+16
-                // of src (inside rows × d) and writes rows e0..e0+16, columns r0..r0+16 of dst
-                // (inside d × rp, as r0 + 16 <= rows <= rp), checked by the assert above.
-                unsafe {
-                    avx512::transpose16(
-                        src.as_ptr().add(r0 * d + e0),
-                        d,
-                        dst.as_mut_ptr().add(e0 * rp + r0),
-                        rp,
-                        scale,
-                    )
-                };
+    {
+        type Transpose = unsafe fn(*const f32, usize, *mut f32, usize, f32);
+        let tiles: Option<(usize, Transpose)> = if avx512::available() {
+            Some((16, avx512::transpose16 as Transpose))
+        } else if avx2::available() {
+            Some((8, avx2::transpose8 as Transpose))
+        } else {
+            None
+        };
+        if let Some((t, transpose)) = tiles {
+            (full_r, full_e) = (rows / t * t, d / t * t);
+            for r0 in (0..full_r).step_by(t) {
+                for e0 in (0..full_e).step_by(t) {
+                    // SAFETY: the CPU has the transpose's features (checked just above); the
+                    // tile reads rows r0..r0+t, columns e0..e0+t of src (inside rows × d) and
+                    // writes rows e0..e0+t, columns r0..r0+t of dst (inside d × rp, as
+                    // r0 + t <= rows <= rp), checked by the assert above.
+                    unsafe {
+                        transpose(
+                            src.as_ptr().add(r0 * d + e0),
+                            d,
+                            dst.as_mut_ptr().add(e0 * rp + r0),
+                            rp,
+                            scale,
+                        )
+                    };
+                }
             }
         }
-    } else {
-        full_r = 0;
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        full_r = 0;
     }
     let scalar = |r: usize, e_from: usize, dst: &mut [f32]| {
         for e in e_from..d {
@@ -377,6 +386,48 @@ mod avx2 {
 
     /// Tiles of `MR` rows × `NV`·8 columns.
     pub(super) const MR: usize = 6;
+
+    /// `dst[i·ld_dst + j] = scale · src[j·ld_src + i]` for an 8 × 8 tile.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn transpose8(
+        src: *const f32,
+        ld_src: usize,
+        dst: *mut f32,
+        ld_dst: usize,
+        scale: f32,
+    ) {
+        let s = _mm256_set1_ps(scale);
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_mul_ps(_mm256_loadu_ps(src.add(i * ld_src)), s));
+        // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves exchanged.
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        for i in 0..4 {
+            _mm256_storeu_ps(
+                dst.add(i * ld_dst),
+                _mm256_permute2f128_ps::<0x20>(u[i], u[i + 4]),
+            );
+            _mm256_storeu_ps(
+                dst.add((i + 4) * ld_dst),
+                _mm256_permute2f128_ps::<0x31>(u[i], u[i + 4]),
+            );
+        }
+    }
 
     /// One `R × 8·NV` tile, `R <= 6`, `NV <= 2`: the accumulators stay in registers.
     #[target_feature(enable = "avx2,fma")]
@@ -675,7 +726,12 @@ mod tests {
             (cols, (i0 % 5, 40 - i0 % 7))
         };
         // n = 40 takes the AVX2 tiles on an AVX-512 machine (not a multiple of 16).
-        for &(m, n, k) in &[(13usize, 64usize, 40usize), (30, 64, 40), (7, 48, 33), (9, 40, 20)] {
+        for &(m, n, k) in &[
+            (13usize, 64usize, 40usize),
+            (30, 64, 40),
+            (7, 48, 33),
+            (9, 40, 20),
+        ] {
             for ta in [false, true] {
                 let lda = if ta { m + 1 } else { k + 3 };
                 let mut a: Vec<f32> = (0..(if ta { k } else { m }) * lda).map(val).collect();
@@ -719,6 +775,36 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The in-register transposes themselves, whichever `pack_transposed` picks on this CPU.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn in_register_transposes_transpose_and_scale() {
+        let src: Vec<f32> = (0..20 * 19).map(|i| i as f32 - 7.0).collect();
+        type T = unsafe fn(*const f32, usize, *mut f32, usize, f32);
+        let mut kinds: Vec<(usize, T)> = Vec::new();
+        if std::is_x86_feature_detected!("avx512f") {
+            kinds.push((16, avx512::transpose16));
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            kinds.push((8, avx2::transpose8));
+        }
+        for (t, transpose) in kinds {
+            let mut dst = vec![f32::NAN; t * 21];
+            // SAFETY: the CPU has the features (checked above); a t × t tile of src (row
+            // stride 19, t <= 16 rows) and of dst (row stride 21) is inside both.
+            unsafe { transpose(src.as_ptr().add(2), 19, dst.as_mut_ptr(), 21, 0.5) };
+            for i in 0..t {
+                for j in 0..t {
+                    assert_eq!(dst[i * 21 + j], 0.5 * src[2 + j * 19 + i], "t {t}: ({i}, {j})");
+                }
+                assert!(
+                    dst[i * 21 + t..(i + 1) * 21].iter().all(|x| x.is_nan()),
+                    "t {t}: row {i} tail"
+                );
             }
         }
     }

@@ -43,7 +43,7 @@ mod parallel;
 pub mod pool;
 pub mod switch;
 
-pub use switch::{fused_kernels, set_fused_kernels, set_simd_code, simd_code, SimdCode};
+pub use switch::{fused_kernels, set_fused_kernels, set_simd_code, simd_code, simd_in_use, SimdCode};
 
 pub use attention::{
     flash_attention, flash_attention_with_backend, reference_attention, AttentionBackend, AttentionDropout,

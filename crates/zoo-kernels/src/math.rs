@@ -33,6 +33,18 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     }
 }
 
+/// `e^r = 1 + r·q(r)`: the coefficients of `q`, degree 5, fitted for relative error on
+/// `[-ln2/2, ln2/2]` (2e-9 before rounding; `tools/exp_coefficients.py`), for the SIMD `exp`s.
+#[cfg(target_arch = "x86_64")]
+const EXP_Q: [f32; 6] = [
+    1.0,
+    0.499_999_94,
+    0.166_664_32,
+    0.041_668,
+    0.008_374_154,
+    0.001_384_363_4,
+];
+
 /// AVX-512 versions of the functions above, one zmm (16 f32) at a time.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
@@ -53,16 +65,7 @@ pub(crate) mod avx512 {
         const MAGIC: f32 = 12_582_912.0;
         const LN2_HI: f32 = 0.693_359_4;
         const LN2_LO: f32 = -2.121_944_4e-4;
-        // e^r = 1 + r·q(r), q of degree 5 fitted for relative error on [-ln2/2, ln2/2]
-        // (2e-9 before rounding; `tools/exp_coefficients.py`).
-        const Q: [f32; 6] = [
-            1.0,
-            0.499_999_94,
-            0.166_664_32,
-            0.041_668,
-            0.008_374_154,
-            0.001_384_363_4,
-        ];
+        const Q: [f32; 6] = super::EXP_Q;
         // Clamped above so n stays small (exp(88.8) already overflows to inf); `vminps`
         // returns its second operand when either is NaN, so NaN passes through.
         let x = _mm512_min_ps(_mm512_set1_ps(88.8), x);
@@ -78,6 +81,50 @@ pub(crate) mod avx512 {
         // Lanes with x < -87.3 become 0 (NaN compares unordered and is kept).
         let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(-87.3));
         _mm512_maskz_scalef_ps(keep, p, n)
+    }
+}
+
+/// AVX2 + FMA versions, one ymm (8 f32) at a time.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// `exp(x)` on 8 lanes: the same reduction and polynomial as [`super::avx512::exp_ps`]
+    /// (within ~1e-7 relative, exactly 0 for `x < -87.3`, NaN for NaN), with `2^n` built in the
+    /// exponent bits (AVX2 has no `vscalefps`). So `2^128` is already inf: results reach inf
+    /// from `x ≈ 88.38` instead of 88.72 (softmax arguments are ≤ 0).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn exp_ps(x: __m256) -> __m256 {
+        const MAGIC: f32 = 12_582_912.0;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        // Clamped so that 2^n stays a normal float or inf (n in -127..=128); NaN passes
+        // through `vminps`/`vmaxps` as their second operand.
+        let xc = _mm256_max_ps(_mm256_set1_ps(-88.0), _mm256_min_ps(_mm256_set1_ps(88.8), x));
+        let t = _mm256_fmadd_ps(
+            xc,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+            _mm256_set1_ps(MAGIC),
+        );
+        let n = _mm256_sub_ps(t, _mm256_set1_ps(MAGIC));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), xc);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut q = _mm256_set1_ps(super::EXP_Q[5]);
+        for &c in super::EXP_Q[..5].iter().rev() {
+            q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(c));
+        }
+        let p = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0));
+        // 2^n from t's bits: bits(t) = 0x4B40_0000 + n, so (bits − 0x4B40_0000 + 127) << 23.
+        let bits = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B40_0000 - 127));
+        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(bits));
+        let y = _mm256_mul_ps(p, scale);
+        // x < -87.3 gives 0 (NaN compares unordered and is kept).
+        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.3));
+        _mm256_andnot_ps(below, y)
     }
 }
 
@@ -174,6 +221,50 @@ mod tests {
         let mut x = [0f32; 16];
         x[..8].copy_from_slice(&edges);
         let got = exp16(x);
+        assert_eq!(got[..5], [0.0, 0.0, 1.0, f32::INFINITY, f32::INFINITY]);
+        assert!(got[5].is_nan(), "NaN passes through");
+        assert_eq!(got[6], 1.0);
+        assert!((got[7] as f64 - std::f64::consts::E).abs() < 1e-6);
+    }
+
+    /// The AVX2 `exp`, as the AVX-512 one above, up to 88 (skipped without AVX2 + FMA).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_exp_is_accurate_with_exact_edges() {
+        use std::arch::x86_64::*;
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            eprintln!("skipped: this CPU has no AVX2 + FMA");
+            return;
+        }
+        let exp8 = |x: [f32; 8]| -> [f32; 8] {
+            let mut out = [0f32; 8];
+            // SAFETY: AVX2 and FMA are present (checked above); both arrays hold 8 f32.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp_ps(_mm256_loadu_ps(x.as_ptr()))) };
+            out
+        };
+        let mut worst = 0f64;
+        for i0 in (0..=400_000).step_by(8) {
+            let x: [f32; 8] = std::array::from_fn(|l| -90.0 + (i0 + l) as f32 * (178.0 / 400_000.0));
+            for (&xi, &got) in x.iter().zip(&exp8(x)) {
+                let want = (xi as f64).exp();
+                if xi < -87.3 {
+                    assert_eq!(got, 0.0, "exp({xi}) below -87.3 is exactly 0");
+                } else if want < f32::MAX as f64 {
+                    worst = worst.max((got as f64 - want).abs() / want);
+                }
+            }
+        }
+        assert!(worst < 2e-7, "max relative error {worst:.2e}");
+        let got = exp8([
+            f32::NEG_INFINITY,
+            -100.0,
+            0.0,
+            89.0,
+            f32::INFINITY,
+            f32::NAN,
+            -0.0,
+            1.0,
+        ]);
         assert_eq!(got[..5], [0.0, 0.0, 1.0, f32::INFINITY, f32::INFINITY]);
         assert!(got[5].is_nan(), "NaN passes through");
         assert_eq!(got[6], 1.0);

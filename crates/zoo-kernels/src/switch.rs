@@ -81,6 +81,18 @@ pub fn simd_code() -> SimdCode {
     }
 }
 
+/// The widest SIMD code the CPU kernels run with on this CPU under the current limit: the
+/// code the kernels pick, by the same tests.
+pub fn simd_in_use() -> SimdCode {
+    if use_avx512() {
+        SimdCode::Avx512
+    } else if use_avx2() {
+        SimdCode::Avx2
+    } else {
+        SimdCode::Portable
+    }
+}
+
 /// Whether the AVX-512 code runs: allowed and the CPU has AVX-512F (both cached, so cheap to
 /// ask per block).
 #[inline]

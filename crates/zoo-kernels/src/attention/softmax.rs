@@ -7,10 +7,11 @@
 //! Both hide the keys a row may not see (key-padding length, causal diagonal) from the
 //! per-row limit `hi`: key `j` is visible to column `r` when `j < hi[r]`.
 //!
-//! Written twice, computing the same step: with AVX-512 intrinsics, used when the CPU has
-//! AVX-512F (the compiler had turned the masked loops of the portable version into scalar
-//! code, and its `exp` costs ~17 instructions against 12 here), and as plain loops for every
-//! other CPU. The tests below hold both to an f64 model of the same step.
+//! Written three times, computing the same step: with AVX-512 intrinsics, used when the CPU
+//! has AVX-512F (the compiler had turned the masked loops of the portable version into scalar
+//! code, and its `exp` costs ~17 instructions against 12 here), with AVX2 + FMA intrinsics
+//! (8 lanes, blends for masks) on other x86 CPUs, and as plain loops for every other CPU. The
+//! tests below hold all three to an f64 model of the same step.
 
 use crate::math::exp_f32;
 
@@ -84,6 +85,24 @@ pub(super) fn online_block(
         };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::switch::use_avx2() {
+        // SAFETY: AVX2 and FMA are present; `check` bounds every access.
+        unsafe {
+            simd_avx2::online_block(
+                st.as_mut_ptr(),
+                rp,
+                bk,
+                j0,
+                hi.as_ptr(),
+                m.as_mut_ptr(),
+                l.as_mut_ptr(),
+                alpha.as_mut_ptr(),
+                partial,
+            )
+        };
+        return;
+    }
     online_block_portable(st, rp, bk, j0, hi, m, l, alpha, partial);
 }
 
@@ -124,6 +143,12 @@ pub(super) fn probs_block(st: &mut [f32], rp: usize, bk: usize, j0: usize, hi: &
     if avx512() {
         // SAFETY: AVX-512F is present; `check` bounds every access.
         unsafe { simd::probs_block(st.as_mut_ptr(), rp, bk, j0, hi.as_ptr(), lse.as_ptr()) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::switch::use_avx2() {
+        // SAFETY: AVX2 and FMA are present; `check` bounds every access.
+        unsafe { simd_avx2::probs_block(st.as_mut_ptr(), rp, bk, j0, hi.as_ptr(), lse.as_ptr()) };
         return;
     }
     probs_block_portable(st, rp, bk, j0, hi, lse);
@@ -383,6 +408,181 @@ mod simd {
     }
 }
 
+/// The AVX2 + FMA versions (x86 CPUs without AVX-512): the AVX-512 ones with 8 lanes, up to
+/// 4 registers of columns per pass, and blends on compare masks where AVX-512 has mask
+/// registers.
+#[cfg(target_arch = "x86_64")]
+mod simd_avx2 {
+    use crate::math::avx2::exp_ps;
+    use std::arch::x86_64::*;
+
+    /// Lanes of a ymm register.
+    const L: usize = 8;
+
+    /// Calls `$f::<W>` for each run of up to 4 registers of columns.
+    macro_rules! by_width {
+        ($rp:expr, |$col:ident, $w:ident| $call:expr) => {{
+            let mut $col = 0;
+            while $col < $rp {
+                let $w = (($rp - $col) / L).min(4);
+                $call;
+                $col += $w * L;
+            }
+        }};
+    }
+
+    /// All-ones lanes where key `j` is visible (`j < hi`; both below 2³¹, so signed compares do).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn visible(hi: __m256i, j: __m256i) -> __m256 {
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(hi, j))
+    }
+
+    /// See [`super::online_block`]; pointers as bounded there.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn online_block(
+        st: *mut f32,
+        rp: usize,
+        bk: usize,
+        j0: usize,
+        hi: *const u32,
+        m: *mut f32,
+        l: *mut f32,
+        alpha: *mut f32,
+        partial: bool,
+    ) {
+        by_width!(rp, |col, w| {
+            let args = (st, rp, bk, j0, col, hi, m, l, alpha);
+            match (w, partial) {
+                (1, false) => online_cols::<1, false>(args),
+                (2, false) => online_cols::<2, false>(args),
+                (3, false) => online_cols::<3, false>(args),
+                (_, false) => online_cols::<4, false>(args),
+                (1, true) => online_cols::<1, true>(args),
+                (2, true) => online_cols::<2, true>(args),
+                (3, true) => online_cols::<3, true>(args),
+                (_, true) => online_cols::<4, true>(args),
+            }
+        })
+    }
+
+    /// Arguments of [`online_cols`]: `(st, rp, bk, j0, col, hi, m, l, alpha)`.
+    type OnlineArgs = (
+        *mut f32,
+        usize,
+        usize,
+        usize,
+        usize,
+        *const u32,
+        *mut f32,
+        *mut f32,
+        *mut f32,
+    );
+
+    /// [`online_block`] on columns `col..col + 8·W`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn online_cols<const W: usize, const PARTIAL: bool>(
+        (st, rp, bk, j0, col, hi, m, l, alpha): OnlineArgs,
+    ) {
+        let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let zero = _mm256_setzero_ps();
+        let m_old: [__m256; W] = std::array::from_fn(|i| _mm256_loadu_ps(m.add(col + L * i)));
+        let hi_v: [__m256i; W] =
+            std::array::from_fn(|i| _mm256_loadu_si256(hi.add(col + L * i) as *const __m256i));
+        let mut mx = m_old;
+        for c in 0..bk {
+            let row = st.add(c * rp + col);
+            let j = _mm256_set1_epi32((j0 + c) as i32);
+            for i in 0..W {
+                let s = _mm256_loadu_ps(row.add(L * i));
+                let s = if PARTIAL {
+                    _mm256_blendv_ps(neg_inf, s, visible(hi_v[i], j))
+                } else {
+                    s
+                };
+                // `vmaxps` returns its second operand when either is NaN: a NaN score is kept.
+                mx[i] = _mm256_max_ps(mx[i], s);
+            }
+        }
+        // Rows that still see nothing keep m = -inf: shift 0 (exp(-inf) = 0) and alpha 0.
+        let mut shift = [zero; W];
+        let mut a = [zero; W];
+        for i in 0..W {
+            let seen_now = _mm256_cmp_ps::<_CMP_NEQ_UQ>(mx[i], neg_inf);
+            let seen_before = _mm256_cmp_ps::<_CMP_NEQ_UQ>(m_old[i], neg_inf);
+            shift[i] = _mm256_and_ps(seen_now, mx[i]);
+            a[i] = _mm256_and_ps(seen_before, exp_ps(_mm256_sub_ps(m_old[i], mx[i])));
+        }
+        let mut sum = [zero; W];
+        for c in 0..bk {
+            let row = st.add(c * rp + col);
+            let j = _mm256_set1_epi32((j0 + c) as i32);
+            for i in 0..W {
+                let p = row.add(L * i);
+                let x = _mm256_sub_ps(_mm256_loadu_ps(p), shift[i]);
+                let x = if PARTIAL {
+                    _mm256_blendv_ps(neg_inf, x, visible(hi_v[i], j))
+                } else {
+                    x
+                };
+                let e = exp_ps(x);
+                _mm256_storeu_ps(p, e);
+                sum[i] = _mm256_add_ps(sum[i], e);
+            }
+        }
+        for i in 0..W {
+            let o = col + L * i;
+            _mm256_storeu_ps(l.add(o), _mm256_fmadd_ps(_mm256_loadu_ps(l.add(o)), a[i], sum[i]));
+            _mm256_storeu_ps(m.add(o), mx[i]);
+            _mm256_storeu_ps(alpha.add(o), a[i]);
+        }
+    }
+
+    /// See [`super::probs_block`]; pointers as bounded there.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn probs_block(
+        st: *mut f32,
+        rp: usize,
+        bk: usize,
+        j0: usize,
+        hi: *const u32,
+        lse: *const f32,
+    ) {
+        by_width!(rp, |col, w| {
+            let args = (st, rp, bk, j0, col, hi, lse);
+            match w {
+                1 => probs_cols::<1>(args),
+                2 => probs_cols::<2>(args),
+                3 => probs_cols::<3>(args),
+                _ => probs_cols::<4>(args),
+            }
+        })
+    }
+
+    /// Arguments of [`probs_cols`]: `(st, rp, bk, j0, col, hi, lse)`.
+    type ProbsArgs = (*mut f32, usize, usize, usize, usize, *const u32, *const f32);
+
+    /// [`probs_block`] on columns `col..col + 8·W`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn probs_cols<const W: usize>((st, rp, bk, j0, col, hi, lse): ProbsArgs) {
+        let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let lse_v: [__m256; W] = std::array::from_fn(|i| _mm256_loadu_ps(lse.add(col + L * i)));
+        let hi_v: [__m256i; W] =
+            std::array::from_fn(|i| _mm256_loadu_si256(hi.add(col + L * i) as *const __m256i));
+        for c in 0..bk {
+            let row = st.add(c * rp + col);
+            let j = _mm256_set1_epi32((j0 + c) as i32);
+            for i in 0..W {
+                let p = row.add(L * i);
+                let x = _mm256_sub_ps(_mm256_loadu_ps(p), lse_v[i]);
+                let x = _mm256_blendv_ps(neg_inf, x, visible(hi_v[i], j));
+                _mm256_storeu_ps(p, exp_ps(x));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,12 +707,57 @@ mod tests {
     type Online = fn(&mut [f32], usize, usize, usize, &[u32], &mut [f32], &mut [f32], &mut [f32], bool);
     type Probs = fn(&mut [f32], usize, usize, usize, &[u32], &[f32]);
 
-    /// The dispatching entry points (AVX-512 here when the CPU has it) and the portable loops.
-    fn versions() -> [(&'static str, Online, Probs); 2] {
-        [
+    /// The dispatching entry points (AVX-512 here when the CPU has it), the AVX2 versions
+    /// (when the CPU has AVX2 + FMA) and the portable loops.
+    fn versions() -> Vec<(&'static str, Online, Probs)> {
+        let mut v: Vec<(&'static str, Online, Probs)> = vec![
             ("dispatched", online_block, probs_block),
             ("portable", online_block_portable, probs_block_portable),
-        ]
+        ];
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            v.push(("avx2", online_avx2, probs_avx2));
+        }
+        v
+    }
+
+    /// [`simd_avx2::online_block`] behind the safe signature (the caller checked the CPU).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn online_avx2(
+        st: &mut [f32],
+        rp: usize,
+        bk: usize,
+        j0: usize,
+        hi: &[u32],
+        m: &mut [f32],
+        l: &mut [f32],
+        a: &mut [f32],
+        partial: bool,
+    ) {
+        check(st, rp, bk, &[hi.len(), m.len(), l.len(), a.len()]);
+        // SAFETY: `versions` lists this only when the CPU has AVX2 + FMA; `check` bounds it.
+        unsafe {
+            simd_avx2::online_block(
+                st.as_mut_ptr(),
+                rp,
+                bk,
+                j0,
+                hi.as_ptr(),
+                m.as_mut_ptr(),
+                l.as_mut_ptr(),
+                a.as_mut_ptr(),
+                partial,
+            )
+        }
+    }
+
+    /// [`simd_avx2::probs_block`] behind the safe signature (the caller checked the CPU).
+    #[cfg(target_arch = "x86_64")]
+    fn probs_avx2(st: &mut [f32], rp: usize, bk: usize, j0: usize, hi: &[u32], lse: &[f32]) {
+        check(st, rp, bk, &[hi.len(), lse.len()]);
+        // SAFETY: as `online_avx2`.
+        unsafe { simd_avx2::probs_block(st.as_mut_ptr(), rp, bk, j0, hi.as_ptr(), lse.as_ptr()) }
     }
 
     /// Relative tolerance 5e-6 against f64: both `exp`s are within ~2e-7, but their argument

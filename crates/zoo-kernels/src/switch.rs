@@ -1,5 +1,5 @@
-//! Process-wide switches: the zoo's fused kernels or plain candle ops, and the fused
-//! kernels' hand-written AVX-512 code or their portable loops.
+//! Process-wide switches: the zoo's fused kernels or plain candle ops, and which SIMD code
+//! (AVX-512, AVX2 + FMA, portable loops) the CPU kernels may run.
 //!
 //! Every op in this crate has a composed fallback built from candle's own differentiable ops
 //! (used anyway on devices or dtypes a kernel does not serve). Turning the fused kernels off
@@ -63,7 +63,8 @@ pub fn set_simd_code(limit: SimdCode) {
     SIMD.store(1 + limit as u8, Ordering::Relaxed);
 }
 
-/// The widest hand-written SIMD code allowed ([`set_simd_code`], `CANDLE_ZOO_SIMD`).
+/// The widest SIMD code allowed ([`set_simd_code`], or `CANDLE_ZOO_SIMD` read on first use:
+/// `avx2` or `portable`, any case; anything else allows all).
 pub fn simd_code() -> SimdCode {
     match SIMD.load(Ordering::Relaxed) {
         1 => SimdCode::Portable,

@@ -34,6 +34,7 @@ pub(super) fn rescale(m_old: f32, m_new: f32) -> (f32, f32) {
 
 /// Whether the AVX-512 versions run (the CPU has AVX-512F, and `switch` allows them).
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // asked only on x86-64 (and in tests)
 fn avx512() -> bool {
     crate::switch::use_avx512()
 }

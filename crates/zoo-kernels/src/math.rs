@@ -179,6 +179,43 @@ mod tests {
         assert_eq!(exp_f32(0.0), 1.0);
     }
 
+    /// Checks a SIMD `exp` over `[-90, top]` against f64 (within 2e-7 relative, exactly 0
+    /// below -87.3) and at its edges; `exp` maps a slice of `lanes` values.
+    #[cfg(target_arch = "x86_64")]
+    fn check_simd_exp(lanes: usize, top: f32, exp: impl Fn(&[f32]) -> Vec<f32>) {
+        let mut worst = 0f64;
+        for i0 in (0..=400_000).step_by(lanes) {
+            let x: Vec<f32> = (0..lanes)
+                .map(|l| -90.0 + (i0 + l) as f32 * ((top + 90.0) / 400_000.0))
+                .collect();
+            for (&xi, &got) in x.iter().zip(&exp(&x)) {
+                let want = (xi as f64).exp();
+                if xi < -87.3 {
+                    assert_eq!(got, 0.0, "exp({xi}) below -87.3 is exactly 0");
+                } else if want < f32::MAX as f64 {
+                    worst = worst.max((got as f64 - want).abs() / want);
+                }
+            }
+        }
+        assert!(worst < 2e-7, "max relative error {worst:.2e}");
+        let mut x = vec![0f32; lanes];
+        x[..8].copy_from_slice(&[
+            f32::NEG_INFINITY,
+            -100.0,
+            0.0,
+            89.0,
+            f32::INFINITY,
+            f32::NAN,
+            -0.0,
+            1.0,
+        ]);
+        let got = exp(&x);
+        assert_eq!(got[..5], [0.0, 0.0, 1.0, f32::INFINITY, f32::INFINITY]);
+        assert!(got[5].is_nan(), "NaN passes through");
+        assert_eq!(got[6], 1.0);
+        assert!((got[7] as f64 - std::f64::consts::E).abs() < 1e-6);
+    }
+
     /// The AVX-512 `exp` over the whole range a softmax feeds it, plus its edges (skipped,
     /// with a note, on CPUs without AVX-512F).
     #[cfg(target_arch = "x86_64")]
@@ -189,42 +226,12 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512F");
             return;
         }
-        let exp16 = |x: [f32; 16]| -> [f32; 16] {
-            let mut out = [0f32; 16];
-            // SAFETY: AVX-512F is present (checked above); both arrays hold 16 f32.
+        check_simd_exp(16, 90.0, |x| {
+            let mut out = vec![0f32; 16];
+            // SAFETY: AVX-512F is present (checked above); both slices hold 16 f32.
             unsafe { _mm512_storeu_ps(out.as_mut_ptr(), avx512::exp_ps(_mm512_loadu_ps(x.as_ptr()))) };
             out
-        };
-        let mut worst = 0f64;
-        for i0 in (0..=400_000).step_by(16) {
-            let x: [f32; 16] = std::array::from_fn(|l| -90.0 + (i0 + l) as f32 * (180.0 / 400_000.0));
-            for (&xi, &got) in x.iter().zip(&exp16(x)) {
-                let want = (xi as f64).exp();
-                if xi < -87.3 {
-                    assert_eq!(got, 0.0, "exp({xi}) below -87.3 is exactly 0");
-                } else if want < f32::MAX as f64 {
-                    worst = worst.max((got as f64 - want).abs() / want);
-                }
-            }
-        }
-        assert!(worst < 2e-7, "max relative error {worst:.2e}");
-        let edges = [
-            f32::NEG_INFINITY,
-            -100.0,
-            0.0,
-            89.0,
-            f32::INFINITY,
-            f32::NAN,
-            -0.0,
-            1.0,
-        ];
-        let mut x = [0f32; 16];
-        x[..8].copy_from_slice(&edges);
-        let got = exp16(x);
-        assert_eq!(got[..5], [0.0, 0.0, 1.0, f32::INFINITY, f32::INFINITY]);
-        assert!(got[5].is_nan(), "NaN passes through");
-        assert_eq!(got[6], 1.0);
-        assert!((got[7] as f64 - std::f64::consts::E).abs() < 1e-6);
+        });
     }
 
     /// The AVX2 `exp`, as the AVX-512 one above, up to 88 (skipped without AVX2 + FMA).
@@ -236,39 +243,12 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX2 + FMA");
             return;
         }
-        let exp8 = |x: [f32; 8]| -> [f32; 8] {
-            let mut out = [0f32; 8];
-            // SAFETY: AVX2 and FMA are present (checked above); both arrays hold 8 f32.
+        check_simd_exp(8, 88.0, |x| {
+            let mut out = vec![0f32; 8];
+            // SAFETY: AVX2 and FMA are present (checked above); both slices hold 8 f32.
             unsafe { _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp_ps(_mm256_loadu_ps(x.as_ptr()))) };
             out
-        };
-        let mut worst = 0f64;
-        for i0 in (0..=400_000).step_by(8) {
-            let x: [f32; 8] = std::array::from_fn(|l| -90.0 + (i0 + l) as f32 * (178.0 / 400_000.0));
-            for (&xi, &got) in x.iter().zip(&exp8(x)) {
-                let want = (xi as f64).exp();
-                if xi < -87.3 {
-                    assert_eq!(got, 0.0, "exp({xi}) below -87.3 is exactly 0");
-                } else if want < f32::MAX as f64 {
-                    worst = worst.max((got as f64 - want).abs() / want);
-                }
-            }
-        }
-        assert!(worst < 2e-7, "max relative error {worst:.2e}");
-        let got = exp8([
-            f32::NEG_INFINITY,
-            -100.0,
-            0.0,
-            89.0,
-            f32::INFINITY,
-            f32::NAN,
-            -0.0,
-            1.0,
-        ]);
-        assert_eq!(got[..5], [0.0, 0.0, 1.0, f32::INFINITY, f32::INFINITY]);
-        assert!(got[5].is_nan(), "NaN passes through");
-        assert_eq!(got[6], 1.0);
-        assert!((got[7] as f64 - std::f64::consts::E).abs() < 1e-6);
+        });
     }
 
     #[test]

@@ -4,13 +4,14 @@
 //! padded to 16. Decoding one token with grouped-query attention stacks only `heads / kv_heads`
 //! rows (4 for GQA 8/2), so three quarters of every score product and of the softmax would be
 //! padding. Here the scores are row-major instead, `S = (scale·Q) · Kᵀ` as (rows × keys), keys
-//! on the lanes: each key block of K is transposed once in cache (16 × 16 AVX-512 transposes),
-//! the softmax runs along the keys of each row, and `O += P · V` streams V. Same semantics as
+//! on the lanes: `microkernel::nt` reduces each row's dot products with a key block in registers
+//! (up to 4 rows with AVX-512) or transposes the block once in cache (16 × 16 transposes), the
+//! softmax runs along the keys of each row, and `O += P · V` streams V. Same semantics as
 //! `cpu::forward` (masks, padding lengths, causal alignment, dropout, rows with no visible key);
 //! the backward pass is `cpu::backward`'s, from the same row log-sum-exp.
 
 use super::cpu::{finish_row, key_splits, merge_splits, Dims, Params, BLOCK_K};
-use super::microkernel::{nn, pack_transposed};
+use super::microkernel::{nn, nt};
 use super::softmax::rescale;
 use crate::math::exp_f32;
 use crate::parallel::{for_each_index, DisjointMut};
@@ -127,7 +128,7 @@ multiversion! {
         // Keys visible to each row before the additive mask.
         let hi: Vec<usize> = (0..rows).map(|r| p.hi(bi, r % nq)).collect();
         let max_hi = hi.iter().copied().max().unwrap_or(0).min(keys.1);
-        let mut kt = vec![0f32; d * BLOCK_K];
+        let mut kt = Vec::new();
         let mut s = vec![0f32; rows * BLOCK_K];
         m.fill(f32::NEG_INFINITY);
         l.fill(0.0);
@@ -138,9 +139,8 @@ multiversion! {
         for j0 in (keys.0..max_hi).step_by(BLOCK_K) {
             let bk = BLOCK_K.min(max_hi - j0);
             let bkp = bk.next_multiple_of(16);
-            // Kᵀ of this block (d × bkp), padding columns zero; S = (scale·Q) Kᵀ (rows × bkp).
-            pack_transposed(&mut kt, &k_all[j0 * d..], bk, bkp, d, 1.0);
-            nn((rows, bkp, d), &q_rows, d, &kt, bkp, &mut s, bkp, false);
+            // S = (scale·Q) Kᵀ (rows × bkp), padding columns zero.
+            nt((rows, bk, d), &q_rows, d, &k_all[j0 * d..], d, &mut s, bkp, &mut kt);
             for r in 0..rows {
                 let row = &mut s[r * bkp..(r + 1) * bkp];
                 if let Some(mask) = &p.mask {
@@ -195,6 +195,10 @@ mod tests {
             (6, 2, 2, 129, 40, true, true, false, false),
             (4, 1, 2, 517, 32, false, true, true, false),
             (3, 3, 5, 70, 7, true, false, true, true),
+            // One and two rows per group (in-register dot products with AVX-512), head_dim
+            // with a partial last 16-lane chunk.
+            (4, 4, 1, 77, 19, true, true, true, false),
+            (6, 3, 1, 300, 100, false, true, false, true),
             // One group: its keys are split between the threads and merged.
             (4, 1, 1, 1100, 64, true, true, true, true),
         ] {

@@ -46,6 +46,59 @@ pub(crate) fn tn(
     product::<true>((m, n, k), a, lda, b, ldb, c, ldc, accumulate)
 }
 
+/// Query rows up to which [`nt`] reduces dot products instead of transposing B: each row costs
+/// 15 reduction steps per 16 columns, while a transpose costs the same for any row count.
+const NT_DOT_ROWS: usize = 4;
+
+/// `C (m×np) = A (m×k) · Bᵀ` with B stored `(n×k)` (row stride `ldb`), `np` = `n` rounded up
+/// to 16; columns `n..np` of C are set to zero. For the few stacked query rows of decoding,
+/// where packing Bᵀ (16 × 16 transposes) costs as much as the product: with AVX-512 and
+/// `m <= 4`, each row's dot products with 16 rows of B are summed along the lanes and reduced
+/// in registers. Elsewhere Bᵀ is packed into `scratch` and multiplied by [`nn`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn nt(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let np = n.next_multiple_of(16);
+    if m == 0 || np == 0 {
+        return;
+    }
+    assert!(ldc >= np && c.len() >= (m - 1) * ldc + np, "nt: C too small");
+    #[cfg(target_arch = "x86_64")]
+    if m <= NT_DOT_ROWS && k > 0 && avx512::available() {
+        assert!(
+            a.len() >= (m - 1) * lda + k && b.len() >= (n - 1) * ldb + k,
+            "nt: A or B too small"
+        );
+        // SAFETY: the CPU has AVX-512F (checked); the reads stay inside rows 0..m of A and
+        // rows 0..n of B (k columns each) and the writes inside rows 0..m of C (np columns),
+        // all checked above.
+        unsafe { avx512::nt(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc) };
+        return;
+    }
+    let b_rows: Vec<f32>;
+    let b = if ldb == k {
+        b
+    } else {
+        b_rows = (0..n)
+            .flat_map(|j| b[j * ldb..j * ldb + k].iter().copied())
+            .collect();
+        &b_rows
+    };
+    if scratch.len() < k * np {
+        scratch.resize(k * np, 0.0);
+    }
+    pack_transposed(scratch, b, n, np, k, 1.0);
+    nn((m, np, k), a, lda, scratch, np, c, ldc, false);
+}
+
 /// Which part of each row tile of C a [`nn_ranged`] / [`tn_ranged`] product needs: called with
 /// a tile's rows `(i0, r)`, it returns the columns `(j_lo, j_hi)` (multiples of 16, or the
 /// whole width) to compute
@@ -572,6 +625,112 @@ mod avx512 {
         }
     }
 
+    /// Key `ORDER[s]` of a 16-column group accumulates in slot `s`, so that [`reduce16`]
+    /// leaves column `j` of the group in lane `j` (its shuffles pair slots, not keys).
+    const ORDER: [usize; 16] = [0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15];
+
+    /// The 16 lane sums of `v`, slot `s`'s in lane `ORDER[s]`: four halving steps (256-, 128-,
+    /// 64-, 32-bit), each two shuffles and an add per pair, 45 instructions in all.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn reduce16(v: &[__m512; 16]) -> __m512 {
+        let w: [__m512; 8] = std::array::from_fn(|j| {
+            let (a, b) = (v[j], v[j + 8]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x44>(a, b),
+                _mm512_shuffle_f32x4::<0xee>(a, b),
+            )
+        });
+        let x: [__m512; 4] = std::array::from_fn(|j| {
+            let (a, b) = (w[j], w[j + 4]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x88>(a, b),
+                _mm512_shuffle_f32x4::<0xdd>(a, b),
+            )
+        });
+        let y: [__m512; 2] = std::array::from_fn(|j| {
+            let (a, b) = (_mm512_castps_pd(x[j]), _mm512_castps_pd(x[j + 2]));
+            _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+            )
+        });
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(y[0], y[1]),
+            _mm512_shuffle_ps::<0xdd>(y[0], y[1]),
+        )
+    }
+
+    /// Dot products of one row of A (`k` elements, `tail` = `k % 16` of them masked in
+    /// the last chunk) with the rows `j0..j0 + 16` of B that exist (`n` rows in all), as one
+    /// vector: lane `j` holds row `j0 + j`'s product, 0 past `n`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn dots16(a: *const f32, k: usize, b: *const f32, ldb: usize, j0: usize, n: usize) -> __m512 {
+        let mut v = [_mm512_setzero_ps(); 16];
+        let full = j0 + 16 <= n;
+        let chunks = k / 16;
+        let tail = (k % 16) as u32;
+        for c0 in 0..chunks {
+            let av = _mm512_loadu_ps(a.add(16 * c0));
+            if full {
+                for (s, x) in v.iter_mut().enumerate() {
+                    let bv = _mm512_loadu_ps(b.add((j0 + ORDER[s]) * ldb + 16 * c0));
+                    *x = _mm512_fmadd_ps(bv, av, *x);
+                }
+            } else {
+                for (s, x) in v.iter_mut().enumerate() {
+                    if j0 + ORDER[s] < n {
+                        let bv = _mm512_loadu_ps(b.add((j0 + ORDER[s]) * ldb + 16 * c0));
+                        *x = _mm512_fmadd_ps(bv, av, *x);
+                    }
+                }
+            }
+        }
+        if tail > 0 {
+            let mask: __mmask16 = ((1u32 << tail) - 1) as __mmask16;
+            let at = 16 * chunks;
+            let av = _mm512_maskz_loadu_ps(mask, a.add(at));
+            for (s, x) in v.iter_mut().enumerate() {
+                if j0 + ORDER[s] < n {
+                    let bv = _mm512_maskz_loadu_ps(mask, b.add((j0 + ORDER[s]) * ldb + at));
+                    *x = _mm512_fmadd_ps(bv, av, *x);
+                }
+            }
+        }
+        reduce16(&v)
+    }
+
+    /// `C (m×np) = A · Bᵀ`, B stored `(n×k)`: see [`super::nt`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn nt(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        for i in 0..m {
+            for j0 in (0..n).step_by(16) {
+                if i == 0 {
+                    // The next 16 rows of B, one page for k = 64: the hardware prefetchers do
+                    // not cross pages, and the first row's pass would wait on each line.
+                    for j in (j0 + 16)..(j0 + 32).min(n) {
+                        for off in (0..k).step_by(16) {
+                            _mm_prefetch::<_MM_HINT_T0>(b.add(j * ldb + off) as *const i8);
+                        }
+                    }
+                }
+                let out = dots16(a.add(i * lda), k, b, ldb, j0, n);
+                _mm512_storeu_ps(c.add(i * ldc + j0), out);
+            }
+        }
+    }
+
     /// One `mr × 16·nv` tile, `mr <= 6`, `nv <= 4`: the accumulators stay in registers.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -814,6 +973,55 @@ mod tests {
                     dst[i * 21 + t..(i + 1) * 21].iter().all(|x| x.is_nan()),
                     "t {t}: row {i} tail"
                 );
+            }
+        }
+    }
+
+    /// `nt` on both of its paths (in-register dot products for m <= 4 with AVX-512, the packed
+    /// transpose otherwise) against an f64 loop: every column of the padded width, with
+    /// n and k odd, 1, and past one 16-group, and row strides wider than the rows.
+    #[test]
+    fn nt_matches_a_naive_loop_and_zero_pads() {
+        let val = |i: usize| ((i * 7919 % 1009) as f32 / 1009.0) - 0.5;
+        for &(m, n, k) in &[
+            (1usize, 1usize, 1usize),
+            (1, 16, 64),
+            (4, 300, 64),
+            (3, 17, 7),
+            (2, 33, 40),
+            (4, 64, 256),
+            (5, 48, 64),
+            (8, 29, 33),
+            (4, 5, 0),
+        ] {
+            let (lda, ldb) = (k + 3, k + 5);
+            let np = n.next_multiple_of(16);
+            let ldc = np + 2;
+            let a: Vec<f32> = (0..m * lda).map(val).collect();
+            let b: Vec<f32> = (0..n * ldb).map(|i| val(i + 5)).collect();
+            let mut c = vec![f32::NAN; m * ldc];
+            let mut scratch = Vec::new();
+            nt((m, n, k), &a, lda, &b, ldb, &mut c, ldc, &mut scratch);
+            for i in 0..m {
+                for j in 0..ldc {
+                    let got = c[i * ldc + j];
+                    if j >= np {
+                        assert!(got.is_nan(), "m{m} n{n} k{k}: ({i},{j}) written past np");
+                        continue;
+                    }
+                    let want: f64 = if j < n {
+                        (0..k)
+                            .map(|p| a[i * lda + p] as f64 * b[j * ldb + p] as f64)
+                            .sum()
+                    } else {
+                        0.0
+                    };
+                    // Sums of <= 256 products of magnitude <= 0.25: f32 error far below 1e-5.
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-5,
+                        "m{m} n{n} k{k} ({i},{j}): {got} vs {want}"
+                    );
+                }
             }
         }
     }

@@ -3,16 +3,26 @@
 fused kernel, the reference, candle's CPU flash attention and PyTorch SDPA, and the speed-up
 of the fused kernel over PyTorch (torch ms / fused ms; > 1 means we are faster).
 
-Usage: python3 tools/attention_table.py runs/bench/attention.jsonl
+Usage: python3 tools/attention_table.py runs/bench/attention.jsonl [--peak GFLOPS]
+
+`--peak` is the machine's f32 peak for the "% of peak" column: 500 (the best GEMM measured on
+the Zen 5 host of ../shared/notes/cpu-perf.md) unless given; measure the register FMA peak of
+the machine at hand with tools/fma_peak.c.
 """
 import json
 import sys
 
-PEAK = 500.0  # GFLOP/s: best f32 GEMM measured on this machine (../shared/notes/cpu-perf.md)
+PEAK = 500.0
 
 
 def main():
-    rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    global PEAK
+    args = sys.argv[1:]
+    if "--peak" in args:
+        i = args.index("--peak")
+        PEAK = float(args[i + 1])
+        del args[i : i + 2]
+    rows = [json.loads(line) for line in open(args[0]) if line.strip()]
     key = lambda r: (r["b"], r["h"], r["hkv"], r["d"], r["nq"], r["n"], r["causal"], r["pass"])
     cases = {}
     for r in rows:

@@ -9,20 +9,17 @@ Usage: python3 tools/attention_table.py runs/bench/attention.jsonl [--peak GFLOP
 the Zen 5 host of ../shared/notes/cpu-perf.md) unless given; measure the register FMA peak of
 the machine at hand with tools/fma_peak.c.
 """
+import argparse
 import json
-import sys
-
-PEAK = 500.0
 
 
 def main():
-    global PEAK
-    args = sys.argv[1:]
-    if "--peak" in args:
-        i = args.index("--peak")
-        PEAK = float(args[i + 1])
-        del args[i : i + 2]
-    rows = [json.loads(line) for line in open(args[0]) if line.strip()]
+    ap = argparse.ArgumentParser()
+    ap.add_argument("jsonl")
+    ap.add_argument("--peak", type=float, default=500.0, help="f32 GFLOP/s of the machine")
+    args = ap.parse_args()
+    peak = args.peak
+    rows = [json.loads(line) for line in open(args.jsonl) if line.strip()]
     key = lambda r: (r["b"], r["h"], r["hkv"], r["d"], r["nq"], r["n"], r["causal"], r["pass"])
     cases = {}
     for r in rows:
@@ -39,7 +36,7 @@ def main():
         ratio = f"**{t['ms'] / f['ms']:.2f}x**" if t else "—"
         rss = f"{f['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f}" if t else f"{f['peak_rss_mb']:.0f} / —"
         b, h, hkv, d, nq, n, causal, p = k
-        print(f"| {b} | {hkv} | {nq} | {n} | {causal} | {p} | {f['ms']:.2f} | {f['gflops']:.0f} ({f['gflops'] / PEAK * 100:.0f}%) | "
+        print(f"| {b} | {hkv} | {nq} | {n} | {causal} | {p} | {f['ms']:.2f} | {f['gflops']:.0f} ({f['gflops'] / peak * 100:.0f}%) | "
               f"{fmt(c.get('reference'))} | {fmt(c.get('candle_flash'))} | {fmt(t)} | {ratio} | {rss} |")
 
 

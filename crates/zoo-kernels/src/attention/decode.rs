@@ -140,7 +140,7 @@ multiversion! {
             let bk = BLOCK_K.min(max_hi - j0);
             let bkp = bk.next_multiple_of(16);
             // S = (scale·Q) Kᵀ (rows × bkp), padding columns zero.
-            nt((rows, bk, d), &q_rows, d, &k_all[j0 * d..], d, &mut s, bkp, &mut kt);
+            nt((rows, bk, d), &q_rows, d, &k_all[j0 * d..(j0 + bk) * d], &mut s, bkp, &mut kt);
             for r in 0..rows {
                 let row = &mut s[r * bkp..(r + 1) * bkp];
                 if let Some(mask) = &p.mask {

@@ -50,8 +50,8 @@ pub(crate) fn tn(
 /// 15 reduction steps per 16 columns, while a transpose costs the same for any row count.
 const NT_DOT_ROWS: usize = 4;
 
-/// `C (m×np) = A (m×k) · Bᵀ` with B stored `(n×k)` (row stride `ldb`), `np` = `n` rounded up
-/// to 16; columns `n..np` of C are set to zero. For the few stacked query rows of decoding,
+/// `C (m×np) = A (m×k) · Bᵀ` with B stored `(n×k)`, rows packed (as K's rows are), `np` = `n`
+/// rounded up to 16; columns `n..np` of C are set to zero. For the few stacked query rows of decoding,
 /// where packing Bᵀ (16 × 16 transposes) costs as much as the product: with AVX-512 and
 /// `m <= 4`, each row's dot products with 16 rows of B are summed along the lanes and reduced
 /// in registers. Elsewhere Bᵀ is packed into `scratch` and multiplied by [`nn`].
@@ -61,7 +61,6 @@ pub(crate) fn nt(
     a: &[f32],
     lda: usize,
     b: &[f32],
-    ldb: usize,
     c: &mut [f32],
     ldc: usize,
     scratch: &mut Vec<f32>,
@@ -74,24 +73,15 @@ pub(crate) fn nt(
     #[cfg(target_arch = "x86_64")]
     if m <= NT_DOT_ROWS && k > 0 && avx512::available() {
         assert!(
-            a.len() >= (m - 1) * lda + k && b.len() >= (n - 1) * ldb + k,
+            a.len() >= (m - 1) * lda + k && b.len() >= n * k,
             "nt: A or B too small"
         );
         // SAFETY: the CPU has AVX-512F (checked); the reads stay inside rows 0..m of A and
         // rows 0..n of B (k columns each) and the writes inside rows 0..m of C (np columns),
         // all checked above.
-        unsafe { avx512::nt(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc) };
+        unsafe { avx512::nt(m, n, k, a.as_ptr(), lda, b.as_ptr(), c.as_mut_ptr(), ldc) };
         return;
     }
-    let b_rows: Vec<f32>;
-    let b = if ldb == k {
-        b
-    } else {
-        b_rows = (0..n)
-            .flat_map(|j| b[j * ldb..j * ldb + k].iter().copied())
-            .collect();
-        &b_rows
-    };
     if scratch.len() < k * np {
         scratch.resize(k * np, 0.0);
     }
@@ -660,12 +650,12 @@ mod avx512 {
         )
     }
 
-    /// Dot products of one row of A (`k` elements, `tail` = `k % 16` of them masked in
-    /// the last chunk) with the rows `j0..j0 + 16` of B that exist (`n` rows in all), as one
-    /// vector: lane `j` holds row `j0 + j`'s product, 0 past `n`.
+    /// Dot products of one row of A (`k` elements; a masked load for the last `k % 16`) with
+    /// the rows `j0..j0 + 16` of B (`n × k`) that exist, as one vector: lane `j` holds row
+    /// `j0 + j`'s product, 0 past `n`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn dots16(a: *const f32, k: usize, b: *const f32, ldb: usize, j0: usize, n: usize) -> __m512 {
+    unsafe fn dots16(a: *const f32, k: usize, b: *const f32, j0: usize, n: usize) -> __m512 {
         let mut v = [_mm512_setzero_ps(); 16];
         let full = j0 + 16 <= n;
         let chunks = k / 16;
@@ -674,13 +664,13 @@ mod avx512 {
             let av = _mm512_loadu_ps(a.add(16 * c0));
             if full {
                 for (s, x) in v.iter_mut().enumerate() {
-                    let bv = _mm512_loadu_ps(b.add((j0 + ORDER[s]) * ldb + 16 * c0));
+                    let bv = _mm512_loadu_ps(b.add((j0 + ORDER[s]) * k + 16 * c0));
                     *x = _mm512_fmadd_ps(bv, av, *x);
                 }
             } else {
                 for (s, x) in v.iter_mut().enumerate() {
                     if j0 + ORDER[s] < n {
-                        let bv = _mm512_loadu_ps(b.add((j0 + ORDER[s]) * ldb + 16 * c0));
+                        let bv = _mm512_loadu_ps(b.add((j0 + ORDER[s]) * k + 16 * c0));
                         *x = _mm512_fmadd_ps(bv, av, *x);
                     }
                 }
@@ -692,7 +682,7 @@ mod avx512 {
             let av = _mm512_maskz_loadu_ps(mask, a.add(at));
             for (s, x) in v.iter_mut().enumerate() {
                 if j0 + ORDER[s] < n {
-                    let bv = _mm512_maskz_loadu_ps(mask, b.add((j0 + ORDER[s]) * ldb + at));
+                    let bv = _mm512_maskz_loadu_ps(mask, b.add((j0 + ORDER[s]) * k + at));
                     *x = _mm512_fmadd_ps(bv, av, *x);
                 }
             }
@@ -710,7 +700,6 @@ mod avx512 {
         a: *const f32,
         lda: usize,
         b: *const f32,
-        ldb: usize,
         c: *mut f32,
         ldc: usize,
     ) {
@@ -721,11 +710,11 @@ mod avx512 {
                     // not cross pages, and the first row's pass would wait on each line.
                     for j in (j0 + 16)..(j0 + 32).min(n) {
                         for off in (0..k).step_by(16) {
-                            _mm_prefetch::<_MM_HINT_T0>(b.add(j * ldb + off) as *const i8);
+                            _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
                         }
                     }
                 }
-                let out = dots16(a.add(i * lda), k, b, ldb, j0, n);
+                let out = dots16(a.add(i * lda), k, b, j0, n);
                 _mm512_storeu_ps(c.add(i * ldc + j0), out);
             }
         }
@@ -979,7 +968,7 @@ mod tests {
 
     /// `nt` on both of its paths (in-register dot products for m <= 4 with AVX-512, the packed
     /// transpose otherwise) against an f64 loop: every column of the padded width, with
-    /// n and k odd, 1, and past one 16-group, and row strides wider than the rows.
+    /// n and k odd, 1, and past one 16-group, and rows of A wider than k.
     #[test]
     fn nt_matches_a_naive_loop_and_zero_pads() {
         let val = |i: usize| ((i * 7919 % 1009) as f32 / 1009.0) - 0.5;
@@ -994,14 +983,14 @@ mod tests {
             (8, 29, 33),
             (4, 5, 0),
         ] {
-            let (lda, ldb) = (k + 3, k + 5);
+            let lda = k + 3;
             let np = n.next_multiple_of(16);
             let ldc = np + 2;
             let a: Vec<f32> = (0..m * lda).map(val).collect();
-            let b: Vec<f32> = (0..n * ldb).map(|i| val(i + 5)).collect();
+            let b: Vec<f32> = (0..n * k).map(|i| val(i + 5)).collect();
             let mut c = vec![f32::NAN; m * ldc];
             let mut scratch = Vec::new();
-            nt((m, n, k), &a, lda, &b, ldb, &mut c, ldc, &mut scratch);
+            nt((m, n, k), &a, lda, &b, &mut c, ldc, &mut scratch);
             for i in 0..m {
                 for j in 0..ldc {
                     let got = c[i * ldc + j];
@@ -1010,9 +999,7 @@ mod tests {
                         continue;
                     }
                     let want: f64 = if j < n {
-                        (0..k)
-                            .map(|p| a[i * lda + p] as f64 * b[j * ldb + p] as f64)
-                            .sum()
+                        (0..k).map(|p| a[i * lda + p] as f64 * b[j * k + p] as f64).sum()
                     } else {
                         0.0
                     };

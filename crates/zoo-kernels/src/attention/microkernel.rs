@@ -47,14 +47,18 @@ pub(crate) fn tn(
 }
 
 /// Query rows up to which [`nt`] reduces dot products instead of transposing B: each row costs
-/// 15 reduction steps per 16 columns, while a transpose costs the same for any row count.
+/// 45 reduction instructions per 16 columns, while a transpose costs the same for any row
+/// count. At 8 rows (nq = 2 with GQA 8/2, the most `decode.rs` takes) the transpose wins:
+/// 0.131 against 0.139 ms at 4096 keys, both paths timed alternately in one process
+/// (`docs/benchmarks.md`, eighth sitting).
 const NT_DOT_ROWS: usize = 4;
 
 /// `C (m×np) = A (m×k) · Bᵀ` with B stored `(n×k)`, rows packed (as K's rows are), `np` = `n`
 /// rounded up to 16; columns `n..np` of C are set to zero. For the few stacked query rows of decoding,
 /// where packing Bᵀ (16 × 16 transposes) costs as much as the product: with AVX-512 and
 /// `m <= 4`, each row's dot products with 16 rows of B are summed along the lanes and reduced
-/// in registers. Elsewhere Bᵀ is packed into `scratch` and multiplied by [`nn`].
+/// in registers, all rows against one 16-row group of B before the next. Elsewhere Bᵀ is packed
+/// into `scratch` and multiplied by [`nn`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn nt(
     (m, n, k): (usize, usize, usize),
@@ -703,17 +707,16 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
     ) {
-        for i in 0..m {
-            for j0 in (0..n).step_by(16) {
-                if i == 0 {
-                    // The next 16 rows of B, one page for k = 64: the hardware prefetchers do
-                    // not cross pages, and the first row's pass would wait on each line.
-                    for j in (j0 + 16)..(j0 + 32).min(n) {
-                        for off in (0..k).step_by(16) {
-                            _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
-                        }
-                    }
+        for j0 in (0..n).step_by(16) {
+            // The next 16 rows of B, one page for k = 64: the hardware prefetchers do not
+            // cross pages, and the first row would wait on each line.
+            for j in (j0 + 16)..(j0 + 32).min(n) {
+                for off in (0..k).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
                 }
+            }
+            // Every row against these 16 rows of B while they are in L1.
+            for i in 0..m {
                 let out = dots16(a.add(i * lda), k, b, j0, n);
                 _mm512_storeu_ps(c.add(i * ldc + j0), out);
             }
@@ -981,6 +984,9 @@ mod tests {
             (4, 64, 256),
             (5, 48, 64),
             (8, 29, 33),
+            (8, 130, 64),
+            (9, 40, 64),
+            (12, 17, 19),
             (4, 5, 0),
         ] {
             let lda = k + 3;

@@ -46,19 +46,25 @@ pub(crate) fn tn(
     product::<true>((m, n, k), a, lda, b, ldb, c, ldc, accumulate)
 }
 
-/// Query rows up to which [`nt`] reduces dot products instead of transposing B: each row costs
-/// 45 reduction instructions per 16 columns, while a transpose costs the same for any row
-/// count. At 8 rows (nq = 2 with GQA 8/2, the most `decode.rs` takes) the transpose wins:
-/// 0.131 against 0.139 ms at 4096 keys, both paths timed alternately in one process
-/// (`docs/benchmarks.md`, eighth sitting).
-const NT_DOT_ROWS: usize = 4;
+/// Query rows up to which [`nt`] reduces each row's dot products on its own (45 reduction
+/// instructions per row and 16 columns); from 4 rows, groups of 4 share one set of registers
+/// (`avx512::nt4`: 44 instructions per 4 rows and 16 columns).
+const NT_DOT_ROWS: usize = 3;
+
+/// Most rows [`nt`] multiplies in groups of 4: at 8 (nq = 2 with GQA 8/2, the most
+/// `decode.rs` takes) the groups still match or beat transposing B (even at 1024 keys, 2–9%
+/// faster at 4096 and 8192), both paths timed alternately in one process
+/// (`docs/benchmarks.md`, ninth sitting).
+const NT_GROUP_ROWS_MAX: usize = 8;
 
 /// `C (m×np) = A (m×k) · Bᵀ` with B stored `(n×k)`, rows packed (as K's rows are), `np` = `n`
-/// rounded up to 16; columns `n..np` of C are set to zero. For the few stacked query rows of decoding,
-/// where packing Bᵀ (16 × 16 transposes) costs as much as the product: with AVX-512 and
-/// `m <= 4`, each row's dot products with 16 rows of B are summed along the lanes and reduced
-/// in registers, all rows against one 16-row group of B before the next. Elsewhere Bᵀ is packed
-/// into `scratch` and multiplied by [`nn`].
+/// rounded up to 16; columns `n..np` of C are set to zero. For the few stacked query rows of
+/// decoding, where packing Bᵀ (16 × 16 transposes) costs as much as the product. With AVX-512:
+/// when `m` is 4 or 8, rows go in groups of 4, one row per 128-bit block of a zmm against
+/// broadcast 4-column pieces of B, so that a block's lanes hold partial sums of one dot product
+/// (`avx512::nt4`); when `m <= 3`, each row's dot products with 16 rows of B are summed along
+/// the lanes and reduced in registers, all rows against one 16-row group of B before the next.
+/// Elsewhere Bᵀ is packed into `scratch` and multiplied by [`nn`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn nt(
     (m, n, k): (usize, usize, usize),
@@ -75,16 +81,26 @@ pub(crate) fn nt(
     }
     assert!(ldc >= np && c.len() >= (m - 1) * ldc + np, "nt: C too small");
     #[cfg(target_arch = "x86_64")]
-    if m <= NT_DOT_ROWS && k > 0 && avx512::available() {
-        assert!(
-            a.len() >= (m - 1) * lda + k && b.len() >= n * k,
-            "nt: A or B too small"
-        );
-        // SAFETY: the CPU has AVX-512F (checked); the reads stay inside rows 0..m of A and
-        // rows 0..n of B (k columns each) and the writes inside rows 0..m of C (np columns),
-        // all checked above.
-        unsafe { avx512::nt(m, n, k, a.as_ptr(), lda, b.as_ptr(), c.as_mut_ptr(), ldc) };
-        return;
+    {
+        let grouped = m.is_multiple_of(4) && m <= NT_GROUP_ROWS_MAX;
+        if (grouped || m <= NT_DOT_ROWS) && k > 0 && avx512::available() {
+            assert!(
+                a.len() >= (m - 1) * lda + k && b.len() >= n * k,
+                "nt: A or B too small"
+            );
+            // SAFETY: the CPU has AVX-512F (checked); the reads stay inside rows 0..m of A and
+            // rows 0..n of B (k columns each) and the writes inside rows 0..m of C (np
+            // columns), all checked above.
+            unsafe {
+                let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+                if grouped {
+                    avx512::nt4(m, n, k, a, lda, b, c, ldc, scratch)
+                } else {
+                    avx512::nt(m, n, k, a, lda, b, c, ldc)
+                }
+            };
+            return;
+        }
     }
     if scratch.len() < k * np {
         scratch.resize(k * np, 0.0);
@@ -694,6 +710,137 @@ mod avx512 {
         reduce16(&v)
     }
 
+    /// Sums the four 128-bit blocks' lanes of each of `acc[0..4]`: lane `u` of block `r` of
+    /// the result is the sum of block `r` of `acc[u]` (9 in-lane instructions).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn reduce4(acc: &[__m512; 4]) -> __m512 {
+        let s01 = _mm512_add_ps(
+            _mm512_unpacklo_ps(acc[0], acc[1]),
+            _mm512_unpackhi_ps(acc[0], acc[1]),
+        );
+        let s23 = _mm512_add_ps(
+            _mm512_unpacklo_ps(acc[2], acc[3]),
+            _mm512_unpackhi_ps(acc[2], acc[3]),
+        );
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(s01, s23),
+            _mm512_shuffle_ps::<0xEE>(s01, s23),
+        )
+    }
+
+    /// `C = A · Bᵀ` (see [`super::nt`]) for `m` a multiple of 4, rows `4·g..4·g + 4` at a time
+    /// with the four rows on the four 128-bit blocks of a zmm: `qp (chunks × 16)` holds, per 4
+    /// columns of A, the four rows' values side by side (zero past `k`), and each 4-column
+    /// chunk of a row of B is broadcast to all blocks. A block's four lanes then hold partial
+    /// sums of one row's dot product, so 4 keys × 4 rows need 9 in-lane reduction
+    /// instructions, and a 16-key group 8 block shuffles more to put each row's 16 results
+    /// together. The FMAs are as many as with per-row dot products; the reductions a fifth.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; A must hold rows `0..m` (`k` columns, stride `lda`), B
+    /// rows `0..n` (packed, `k` each) and C rows `0..m` (`n` rounded up to 16 columns, stride
+    /// `ldc`).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn nt4(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        qp: &mut Vec<f32>,
+    ) {
+        let chunks = k.div_ceil(4);
+        for g in 0..m / 4 {
+            qp.clear();
+            qp.resize(chunks * 16, 0.0);
+            for p in 0..chunks {
+                for r in 0..4 {
+                    for t in 0..(k - 4 * p).min(4) {
+                        qp[p * 16 + 4 * r + t] = *a.add((4 * g + r) * lda + 4 * p + t);
+                    }
+                }
+            }
+            let (q, out) = (qp.as_ptr(), c.add(4 * g * ldc));
+            match k {
+                64 => nt4_rows::<16>(n, k, q, b, out, ldc),
+                32 => nt4_rows::<8>(n, k, q, b, out, ldc),
+                _ => nt4_rows::<0>(n, k, q, b, out, ldc),
+            }
+        }
+    }
+
+    /// One group of 4 rows of [`nt4`]; `C > 0` is the number of 4-column chunks when it is a
+    /// compile-time constant (then `k = 4·C` and `qp` stays in registers), `C = 0` any `k`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn nt4_rows<const C: usize>(
+        n: usize,
+        k: usize,
+        qp: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let (full, rem) = if C > 0 { (C, 0) } else { (k / 4, k % 4) };
+        let qreg: [__m512; C] = std::array::from_fn(|p| _mm512_loadu_ps(qp.add(16 * p)));
+        let tail_mask: __mmask16 = (1 << rem) - 1;
+        for j0 in (0..n).step_by(16) {
+            // The next 16 rows of B, as in `nt`.
+            for j in (j0 + 16)..(j0 + 32).min(n) {
+                for off in (0..k).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
+                }
+            }
+            let mut sums = [_mm512_setzero_ps(); 4];
+            for (s, sum) in sums.iter_mut().enumerate() {
+                let base = j0 + 4 * s;
+                if base >= n {
+                    break;
+                }
+                let valid = (n - base).min(4);
+                // Keys past n repeat the last valid one; their lanes are cleared below.
+                let rows: [*const f32; 4] = std::array::from_fn(|u| b.add((base + u.min(valid - 1)) * k));
+                let mut acc = [_mm512_setzero_ps(); 4];
+                // `qreg` is empty when C = 0 (then A comes from `qp`): indices, not an iterator.
+                #[allow(clippy::needless_range_loop)]
+                for p in 0..full {
+                    let qv = if C > 0 {
+                        qreg[p]
+                    } else {
+                        _mm512_loadu_ps(qp.add(16 * p))
+                    };
+                    for (x, row) in acc.iter_mut().zip(&rows) {
+                        let kv = _mm512_broadcast_f32x4(_mm_loadu_ps(row.add(4 * p)));
+                        *x = _mm512_fmadd_ps(qv, kv, *x);
+                    }
+                }
+                if rem > 0 {
+                    let qv = _mm512_loadu_ps(qp.add(16 * full));
+                    for (x, row) in acc.iter_mut().zip(&rows) {
+                        let part = _mm512_maskz_loadu_ps(tail_mask, row.add(4 * full));
+                        let kv = _mm512_shuffle_f32x4::<0>(part, part);
+                        *x = _mm512_fmadd_ps(qv, kv, *x);
+                    }
+                }
+                let lanes: __mmask16 = 0x1111 * ((1 << valid) - 1);
+                *sum = _mm512_maskz_mov_ps(lanes, reduce4(&acc));
+            }
+            // sums[s] block r = row r's keys 4s..4s + 4: gather each row's 16.
+            let x0 = _mm512_shuffle_f32x4::<0x44>(sums[0], sums[1]);
+            let x1 = _mm512_shuffle_f32x4::<0xEE>(sums[0], sums[1]);
+            let x2 = _mm512_shuffle_f32x4::<0x44>(sums[2], sums[3]);
+            let x3 = _mm512_shuffle_f32x4::<0xEE>(sums[2], sums[3]);
+            _mm512_storeu_ps(c.add(j0), _mm512_shuffle_f32x4::<0x88>(x0, x2));
+            _mm512_storeu_ps(c.add(ldc + j0), _mm512_shuffle_f32x4::<0xDD>(x0, x2));
+            _mm512_storeu_ps(c.add(2 * ldc + j0), _mm512_shuffle_f32x4::<0x88>(x1, x3));
+            _mm512_storeu_ps(c.add(3 * ldc + j0), _mm512_shuffle_f32x4::<0xDD>(x1, x3));
+        }
+    }
+
     /// `C (m×np) = A · Bᵀ`, B stored `(n×k)`: see [`super::nt`].
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -969,9 +1116,11 @@ mod tests {
         }
     }
 
-    /// `nt` on both of its paths (in-register dot products for m <= 4 with AVX-512, the packed
-    /// transpose otherwise) against an f64 loop: every column of the padded width, with
-    /// n and k odd, 1, and past one 16-group, and rows of A wider than k.
+    /// `nt` on all of its paths (with AVX-512: groups of 4 rows for m = 4 and 8, with k a
+    /// multiple of 4 or not, 32 and 64 (the register-held versions) or other; per-row dot
+    /// products for m <= 3; the packed transpose otherwise) against an f64 loop: every column
+    /// of the padded width, with n and k odd, 1, and past one 16-group (n cut inside a group
+    /// of 4 keys), and rows of A wider than k.
     #[test]
     fn nt_matches_a_naive_loop_and_zero_pads() {
         let val = |i: usize| ((i * 7919 % 1009) as f32 / 1009.0) - 0.5;
@@ -988,15 +1137,29 @@ mod tests {
             (9, 40, 64),
             (12, 17, 19),
             (4, 5, 0),
+            (4, 1, 64),
+            (4, 17, 7),
+            (4, 33, 32),
+            (4, 22, 18),
+            (4, 16, 5),
+            (4, 50, 256),
+            (8, 3, 100),
+            (8, 1, 1),
+            (8, 47, 64),
+            (4, 20, 62),
+            (8, 9, 30),
         ] {
             let lda = k + 3;
             let np = n.next_multiple_of(16);
             let ldc = np + 2;
             let a: Vec<f32> = (0..m * lda).map(val).collect();
-            let b: Vec<f32> = (0..n * k).map(|i| val(i + 5)).collect();
+            // NaNs right after B: a read past its last row would turn results into NaN.
+            let mut b_buf: Vec<f32> = (0..n * k).map(|i| val(i + 5)).collect();
+            b_buf.extend([f32::NAN; 16]);
+            let b = &b_buf[..n * k];
             let mut c = vec![f32::NAN; m * ldc];
             let mut scratch = Vec::new();
-            nt((m, n, k), &a, lda, &b, &mut c, ldc, &mut scratch);
+            nt((m, n, k), &a, lda, b, &mut c, ldc, &mut scratch);
             for i in 0..m {
                 for j in 0..ldc {
                     let got = c[i * ldc + j];
@@ -1004,14 +1167,15 @@ mod tests {
                         assert!(got.is_nan(), "m{m} n{n} k{k}: ({i},{j}) written past np");
                         continue;
                     }
-                    let want: f64 = if j < n {
-                        (0..k).map(|p| a[i * lda + p] as f64 * b[j * k + p] as f64).sum()
-                    } else {
-                        0.0
-                    };
-                    // Sums of <= 256 products of magnitude <= 0.25: f32 error far below 1e-5.
+                    let (want, size) = (0..k).filter(|_| j < n).fold((0f64, 0f64), |(w, s), p| {
+                        let t = a[i * lda + p] as f64 * b[j * k + p] as f64;
+                        (w + t, s + t.abs())
+                    });
+                    // f32 sums of <= 256 terms: the error bound is 256 · 2⁻²⁴ ≈ 1.5e-5 of the
+                    // terms' magnitudes, the blocked and tree sums here land below 1e-6 of it
+                    // (an absolute 1e-5 was too tight for the AVX2 path at k = 256).
                     assert!(
-                        (got as f64 - want).abs() <= 1e-5,
+                        (got as f64 - want).abs() <= 1e-6 * (1.0 + size),
                         "m{m} n{n} k{k} ({i},{j}): {got} vs {want}"
                     );
                 }

@@ -789,12 +789,7 @@ mod avx512 {
         let qreg: [__m512; C] = std::array::from_fn(|p| _mm512_loadu_ps(qp.add(16 * p)));
         let tail_mask: __mmask16 = (1 << rem) - 1;
         for j0 in (0..n).step_by(16) {
-            // The next 16 rows of B, as in `nt`.
-            for j in (j0 + 16)..(j0 + 32).min(n) {
-                for off in (0..k).step_by(16) {
-                    _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
-                }
-            }
+            prefetch_next_group(b, j0, n, k);
             let mut sums = [_mm512_setzero_ps(); 4];
             for (s, sum) in sums.iter_mut().enumerate() {
                 let base = j0 + 4 * s;
@@ -841,6 +836,19 @@ mod avx512 {
         }
     }
 
+    /// Prefetches rows `j0 + 16..j0 + 32` of B (packed, `k` each; `n` rows), one page for
+    /// k = 64: the hardware prefetchers do not cross pages, and the first row would wait on
+    /// each line.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn prefetch_next_group(b: *const f32, j0: usize, n: usize, k: usize) {
+        for j in (j0 + 16)..(j0 + 32).min(n) {
+            for off in (0..k).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
+            }
+        }
+    }
+
     /// `C (m×np) = A · Bᵀ`, B stored `(n×k)`: see [`super::nt`].
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -855,13 +863,7 @@ mod avx512 {
         ldc: usize,
     ) {
         for j0 in (0..n).step_by(16) {
-            // The next 16 rows of B, one page for k = 64: the hardware prefetchers do not
-            // cross pages, and the first row would wait on each line.
-            for j in (j0 + 16)..(j0 + 32).min(n) {
-                for off in (0..k).step_by(16) {
-                    _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
-                }
-            }
+            prefetch_next_group(b, j0, n, k);
             // Every row against these 16 rows of B while they are in L1.
             for i in 0..m {
                 let out = dots16(a.add(i * lda), k, b, j0, n);

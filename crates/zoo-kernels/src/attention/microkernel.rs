@@ -64,7 +64,8 @@ const NT_GROUP_ROWS_MAX: usize = 8;
 /// broadcast 4-column pieces of B, so that a block's lanes hold partial sums of one dot product
 /// (`avx512::nt4`); when `m <= 3`, each row's dot products with 16 rows of B are summed along
 /// the lanes and reduced in registers, all rows against one 16-row group of B before the next.
-/// Elsewhere Bᵀ is packed into `scratch` and multiplied by [`nn`].
+/// With AVX2 + FMA only, `m` 4 or 8 takes the same groups with two rows per ymm
+/// (`avx2::nt4`). Elsewhere Bᵀ is packed into `scratch` and multiplied by [`nn`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn nt(
     (m, n, k): (usize, usize, usize),
@@ -101,12 +102,41 @@ pub(crate) fn nt(
             };
             return;
         }
+        if grouped && k > 0 && avx2::available() {
+            assert!(
+                a.len() >= (m - 1) * lda + k && b.len() >= n * k,
+                "nt: A or B too small"
+            );
+            // SAFETY: the CPU has AVX2 and FMA (checked); bounds as above.
+            unsafe { avx2::nt4(m, n, k, a.as_ptr(), lda, b.as_ptr(), c.as_mut_ptr(), ldc, scratch) };
+            return;
+        }
     }
     if scratch.len() < k * np {
         scratch.resize(k * np, 0.0);
     }
     pack_transposed(scratch, b, n, np, k, 1.0);
     nn((m, np, k), a, lda, scratch, np, c, ldc, false);
+}
+
+/// Packs 4 rows of A (`k` columns, stride `lda`) for the grouped `nt4` kernels: `qp
+/// (k/4 rounded up × 16)` holds, per 4 columns, the four rows' values side by side, zero past
+/// `k`.
+///
+/// # Safety
+/// `a` must hold 4 rows of `k` columns at stride `lda`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn pack_rows4(qp: &mut Vec<f32>, a: *const f32, lda: usize, k: usize) {
+    let chunks = k.div_ceil(4);
+    qp.clear();
+    qp.resize(chunks * 16, 0.0);
+    for p in 0..chunks {
+        for r in 0..4 {
+            for t in 0..(k - 4 * p).min(4) {
+                qp[p * 16 + 4 * r + t] = *a.add(r * lda + 4 * p + t);
+            }
+        }
+    }
 }
 
 /// Which part of each row tile of C a [`nn_ranged`] / [`tn_ranged`] product needs: called with
@@ -456,6 +486,112 @@ mod avx2 {
         crate::switch::use_avx2()
     }
 
+    /// [`super::avx512`]'s 4-key reduction on the two 128-bit halves of a ymm: lane `u` of
+    /// half `r` of the result is the sum of half `r` of `acc[u]`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn reduce4(acc: &[__m256; 4]) -> __m256 {
+        let s01 = _mm256_add_ps(
+            _mm256_unpacklo_ps(acc[0], acc[1]),
+            _mm256_unpackhi_ps(acc[0], acc[1]),
+        );
+        let s23 = _mm256_add_ps(
+            _mm256_unpacklo_ps(acc[2], acc[3]),
+            _mm256_unpackhi_ps(acc[2], acc[3]),
+        );
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0x44>(s01, s23),
+            _mm256_shuffle_ps::<0xEE>(s01, s23),
+        )
+    }
+
+    /// `C = A · Bᵀ` (see [`super::nt`]) for `m` a multiple of 4: the AVX-512 `nt4` with two
+    /// rows per ymm, one per 128-bit half (rows 0–1 and 2–3 in two registers), each 4-column
+    /// chunk of a row of B broadcast to both halves. The packed rows come from memory (for
+    /// k = 64 they would fill 32 of the 16 registers), 8 keys at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; A must hold rows `0..m` (`k` columns, stride
+    /// `lda`), B rows `0..n` (packed, `k` each) and C rows `0..m` (`n` rounded up to 16
+    /// columns, stride `ldc`).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn nt4(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        qp: &mut Vec<f32>,
+    ) {
+        let (full, rem) = (k / 4, k % 4);
+        // Lanes 0..rem of the last, partial chunk (maskload reads nothing else).
+        let tail_mask = _mm_cmpgt_epi32(_mm_set1_epi32(rem as i32), _mm_setr_epi32(0, 1, 2, 3));
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3);
+        for g in 0..m / 4 {
+            super::pack_rows4(qp, a.add(4 * g * lda), lda, k);
+            let (q, c) = (qp.as_ptr(), c.add(4 * g * ldc));
+            for j0 in (0..n.next_multiple_of(16)).step_by(8) {
+                for j in (j0 + 8)..(j0 + 16).min(n) {
+                    for off in (0..k).step_by(16) {
+                        _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
+                    }
+                }
+                // Per 4 keys: rows 0–1 and rows 2–3, lane u of a half = key 4s + u.
+                let mut sums = [[_mm256_setzero_ps(); 2]; 2];
+                for (s, sum) in sums.iter_mut().enumerate() {
+                    let base = j0 + 4 * s;
+                    if base >= n {
+                        break;
+                    }
+                    let valid = (n - base).min(4);
+                    // Keys past n repeat the last valid one; their lanes are cleared below.
+                    let rows: [*const f32; 4] = std::array::from_fn(|u| b.add((base + u.min(valid - 1)) * k));
+                    let mut lo = [_mm256_setzero_ps(); 4];
+                    let mut hi = [_mm256_setzero_ps(); 4];
+                    for p in 0..full {
+                        let (ql, qh) = (_mm256_loadu_ps(q.add(16 * p)), _mm256_loadu_ps(q.add(16 * p + 8)));
+                        for u in 0..4 {
+                            let x = _mm_loadu_ps(rows[u].add(4 * p));
+                            let kv = _mm256_set_m128(x, x);
+                            lo[u] = _mm256_fmadd_ps(ql, kv, lo[u]);
+                            hi[u] = _mm256_fmadd_ps(qh, kv, hi[u]);
+                        }
+                    }
+                    if rem > 0 {
+                        let (ql, qh) = (
+                            _mm256_loadu_ps(q.add(16 * full)),
+                            _mm256_loadu_ps(q.add(16 * full + 8)),
+                        );
+                        for u in 0..4 {
+                            let part = _mm_maskload_ps(rows[u].add(4 * full), tail_mask);
+                            let kv = _mm256_set_m128(part, part);
+                            lo[u] = _mm256_fmadd_ps(ql, kv, lo[u]);
+                            hi[u] = _mm256_fmadd_ps(qh, kv, hi[u]);
+                        }
+                    }
+                    let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lane));
+                    *sum = [
+                        _mm256_and_ps(keep, reduce4(&lo)),
+                        _mm256_and_ps(keep, reduce4(&hi)),
+                    ];
+                }
+                // Row 2h + r's 8 keys: half r of sums[0][h] and of sums[1][h].
+                let [first, second] = sums;
+                for (h, (x, y)) in first.into_iter().zip(second).enumerate() {
+                    _mm256_storeu_ps(c.add(2 * h * ldc + j0), _mm256_permute2f128_ps::<0x20>(x, y));
+                    _mm256_storeu_ps(
+                        c.add((2 * h + 1) * ldc + j0),
+                        _mm256_permute2f128_ps::<0x31>(x, y),
+                    );
+                }
+            }
+        }
+    }
+
     /// Tiles of `MR` rows × `NV`·8 columns.
     pub(super) const MR: usize = 6;
 
@@ -754,17 +890,8 @@ mod avx512 {
         ldc: usize,
         qp: &mut Vec<f32>,
     ) {
-        let chunks = k.div_ceil(4);
         for g in 0..m / 4 {
-            qp.clear();
-            qp.resize(chunks * 16, 0.0);
-            for p in 0..chunks {
-                for r in 0..4 {
-                    for t in 0..(k - 4 * p).min(4) {
-                        qp[p * 16 + 4 * r + t] = *a.add((4 * g + r) * lda + 4 * p + t);
-                    }
-                }
-            }
+            super::pack_rows4(qp, a.add(4 * g * lda), lda, k);
             let (q, out) = (qp.as_ptr(), c.add(4 * g * ldc));
             match k {
                 64 => nt4_rows::<16>(n, k, q, b, out, ldc),
@@ -1162,25 +1289,59 @@ mod tests {
             let mut c = vec![f32::NAN; m * ldc];
             let mut scratch = Vec::new();
             nt((m, n, k), &a, lda, b, &mut c, ldc, &mut scratch);
-            for i in 0..m {
-                for j in 0..ldc {
-                    let got = c[i * ldc + j];
-                    if j >= np {
-                        assert!(got.is_nan(), "m{m} n{n} k{k}: ({i},{j}) written past np");
-                        continue;
-                    }
-                    let (want, size) = (0..k).filter(|_| j < n).fold((0f64, 0f64), |(w, s), p| {
-                        let t = a[i * lda + p] as f64 * b[j * k + p] as f64;
-                        (w + t, s + t.abs())
-                    });
-                    // f32 sums of <= 256 terms: the error bound is 256 · 2⁻²⁴ ≈ 1.5e-5 of the
-                    // terms' magnitudes, the blocked and tree sums here land below 1e-6 of it
-                    // (an absolute 1e-5 was too tight for the AVX2 path at k = 256).
-                    assert!(
-                        (got as f64 - want).abs() <= 1e-6 * (1.0 + size),
-                        "m{m} n{n} k{k} ({i},{j}): {got} vs {want}"
-                    );
+            check_nt((m, n, k), &a, lda, b, &c, ldc, "nt");
+            // The AVX2 groups, which `nt` takes only on CPUs without AVX-512.
+            #[cfg(target_arch = "x86_64")]
+            if m % 4 == 0 && m <= NT_GROUP_ROWS_MAX && k > 0 && avx2::available() {
+                let mut c = vec![f32::NAN; m * ldc];
+                // SAFETY: AVX2 and FMA present (checked); sizes as `nt` asserts them.
+                unsafe {
+                    avx2::nt4(
+                        m,
+                        n,
+                        k,
+                        a.as_ptr(),
+                        lda,
+                        b.as_ptr(),
+                        c.as_mut_ptr(),
+                        ldc,
+                        &mut scratch,
+                    )
+                };
+                check_nt((m, n, k), &a, lda, b, &c, ldc, "avx2::nt4");
+            }
+        }
+    }
+
+    /// Checks `c = a · bᵀ` as [`nt`] defines it (see `nt_matches_a_naive_loop_and_zero_pads`).
+    fn check_nt(
+        (m, n, k): (usize, usize, usize),
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        c: &[f32],
+        ldc: usize,
+        what: &str,
+    ) {
+        let np = n.next_multiple_of(16);
+        for i in 0..m {
+            for j in 0..ldc {
+                let got = c[i * ldc + j];
+                if j >= np {
+                    assert!(got.is_nan(), "{what} m{m} n{n} k{k}: ({i},{j}) written past np");
+                    continue;
                 }
+                let (want, size) = (0..k).filter(|_| j < n).fold((0f64, 0f64), |(w, s), p| {
+                    let t = a[i * lda + p] as f64 * b[j * k + p] as f64;
+                    (w + t, s + t.abs())
+                });
+                // f32 sums of <= 256 terms: the error bound is 256 · 2⁻²⁴ ≈ 1.5e-5 of the
+                // terms' magnitudes, the blocked and tree sums here land below 1e-6 of it
+                // (an absolute 1e-5 was too tight for the AVX2 path at k = 256).
+                assert!(
+                    (got as f64 - want).abs() <= 1e-6 * (1.0 + size),
+                    "{what} m{m} n{n} k{k} ({i},{j}): {got} vs {want}"
+                );
             }
         }
     }

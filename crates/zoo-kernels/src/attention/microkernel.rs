@@ -46,26 +46,23 @@ pub(crate) fn tn(
     product::<true>((m, n, k), a, lda, b, ldb, c, ldc, accumulate)
 }
 
-/// Query rows up to which [`nt`] reduces each row's dot products on its own (45 reduction
-/// instructions per row and 16 columns); from 4 rows, groups of 4 share one set of registers
-/// (`avx512::nt4`: 44 instructions per 4 rows and 16 columns).
-const NT_DOT_ROWS: usize = 3;
-
-/// Most rows [`nt`] multiplies in groups of 4: at 8 (nq = 2 with GQA 8/2, the most
-/// `decode.rs` takes) the groups still match or beat transposing B (even at 1024 keys, 2–9%
-/// faster at 4096 and 8192), both paths timed alternately in one process
-/// (`docs/benchmarks.md`, ninth sitting).
+/// Most rows [`nt`] multiplies without transposing B: in groups of 4 (`nt4`: 44 reduction
+/// instructions per 4 rows and 16 columns) and, with AVX-512, the last `m % 4` rows one by one
+/// (45 per row). At 8 (nq = 2 with GQA 8/2, the most `decode.rs` takes) the groups still match
+/// or beat transposing B (even at 1024 keys, 2–9% faster at 4096 and 8192 keys), and so do 5–7
+/// rows (Qwen-style 40/8, 12/2 and 28/4 heads), all timed against the transpose alternately in
+/// one process (`docs/benchmarks.md`, ninth sitting).
 const NT_GROUP_ROWS_MAX: usize = 8;
 
 /// `C (m×np) = A (m×k) · Bᵀ` with B stored `(n×k)`, rows packed (as K's rows are), `np` = `n`
 /// rounded up to 16; columns `n..np` of C are set to zero. For the few stacked query rows of
-/// decoding, where packing Bᵀ (16 × 16 transposes) costs as much as the product. With AVX-512:
-/// when `m` is 4 or 8, rows go in groups of 4, one row per 128-bit block of a zmm against
-/// broadcast 4-column pieces of B, so that a block's lanes hold partial sums of one dot product
-/// (`avx512::nt4`); when `m <= 3`, each row's dot products with 16 rows of B are summed along
-/// the lanes and reduced in registers, all rows against one 16-row group of B before the next.
-/// With AVX2 + FMA only, `m` 4 or 8 takes the same groups with two rows per ymm
-/// (`avx2::nt4`). Elsewhere Bᵀ is packed into `scratch` and multiplied by [`nn`].
+/// decoding, where packing Bᵀ (16 × 16 transposes) costs as much as the product. With AVX-512
+/// and `m <= 8`: rows in groups of 4, one row per 128-bit block of a zmm against broadcast
+/// 4-column pieces of B, so that a block's lanes hold partial sums of one dot product
+/// (`avx512::nt4`), and the last `m % 4` rows one by one, each row's dot products with 16 rows
+/// of B summed along the lanes and reduced in registers (`avx512::nt`). With AVX2 + FMA only,
+/// `m` 4 or 8 takes the same groups with two rows per ymm (`avx2::nt4`). Elsewhere Bᵀ is
+/// packed into `scratch` and multiplied by [`nn`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn nt(
     (m, n, k): (usize, usize, usize),
@@ -83,8 +80,7 @@ pub(crate) fn nt(
     assert!(ldc >= np && c.len() >= (m - 1) * ldc + np, "nt: C too small");
     #[cfg(target_arch = "x86_64")]
     {
-        let grouped = m.is_multiple_of(4) && m <= NT_GROUP_ROWS_MAX;
-        if (grouped || m <= NT_DOT_ROWS) && k > 0 && avx512::available() {
+        if m <= NT_GROUP_ROWS_MAX && k > 0 && avx512::available() {
             assert!(
                 a.len() >= (m - 1) * lda + k && b.len() >= n * k,
                 "nt: A or B too small"
@@ -94,15 +90,17 @@ pub(crate) fn nt(
             // columns), all checked above.
             unsafe {
                 let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-                if grouped {
-                    avx512::nt4(m, n, k, a, lda, b, c, ldc, scratch)
-                } else {
-                    avx512::nt(m, n, k, a, lda, b, c, ldc)
+                let g4 = m / 4 * 4;
+                if g4 > 0 {
+                    avx512::nt4(g4, n, k, a, lda, b, c, ldc, scratch)
+                }
+                if m > g4 {
+                    avx512::nt(m - g4, n, k, a.add(g4 * lda), lda, b, c.add(g4 * ldc), ldc)
                 }
             };
             return;
         }
-        if grouped && k > 0 && avx2::available() {
+        if m.is_multiple_of(4) && m <= NT_GROUP_ROWS_MAX && k > 0 && avx2::available() {
             assert!(
                 a.len() >= (m - 1) * lda + k && b.len() >= n * k,
                 "nt: A or B too small"
@@ -1245,9 +1243,10 @@ mod tests {
         }
     }
 
-    /// `nt` on all of its paths (with AVX-512: groups of 4 rows for m = 4 and 8, with k a
-    /// multiple of 4 or not, 32 and 64 (the register-held versions) or other; per-row dot
-    /// products for m <= 3; the packed transpose otherwise) against an f64 loop: every column
+    /// `nt` on all of its paths (with AVX-512: groups of 4 rows, with k a multiple of 4 or
+    /// not, 32 and 64 (the register-held versions) or other, and per-row dot products for the
+    /// last m % 4 rows, up to m = 8; the packed transpose past 8 rows; the AVX2 groups called
+    /// directly) against an f64 loop: every column
     /// of the padded width, with n and k odd, 1, and past one 16-group (n cut inside a group
     /// of 4 keys), and rows of A wider than k.
     #[test]
@@ -1275,6 +1274,8 @@ mod tests {
             (8, 3, 100),
             (8, 1, 1),
             (8, 47, 64),
+            (6, 33, 64),
+            (7, 20, 19),
             (4, 20, 62),
             (8, 9, 30),
         ] {

@@ -5,8 +5,8 @@
 //! rows (4 for GQA 8/2), so three quarters of every score product and of the softmax would be
 //! padding. Here the scores are row-major instead, `S = (scale·Q) · Kᵀ` as (rows × keys), keys
 //! on the lanes: `microkernel::nt` reduces the dot products with a key block in registers
-//! (with AVX-512 or AVX2: 4 or 8 rows in groups of 4 sharing each key load; with AVX-512 also
-//! 1–7 rows, the last `rows % 4` one by one)
+//! (with AVX-512 or AVX2: up to 8 rows in groups of 4 sharing each key load, or with AVX-512
+//! the last 1 or 2 rows one by one)
 //! or transposes the block once in cache (16 × 16 transposes), the
 //! softmax runs along the keys of each row, and `O += P · V` streams V. Same semantics as
 //! `cpu::forward` (masks, padding lengths, causal alignment, dropout, rows with no visible key);

@@ -47,22 +47,22 @@ pub(crate) fn tn(
 }
 
 /// Most rows [`nt`] multiplies without transposing B: in groups of 4 (`nt4`: 44 reduction
-/// instructions per 4 rows and 16 columns) and, with AVX-512, the last `m % 4` rows one by one
-/// (45 per row). At 8 (nq = 2 with GQA 8/2, the most `decode.rs` takes) the groups still match
-/// or beat transposing B (even at 1024 keys, 2–9% faster at 4096 and 8192 keys), and so do 5–7
-/// rows (Qwen-style 40/8, 12/2 and 28/4 heads), all timed against the transpose alternately in
-/// one process (`docs/benchmarks.md`, ninth sitting).
+/// instructions per 4 rows and 16 columns; a last group of 3 rows padded with a zero row), and
+/// with AVX-512 the last 1 or 2 rows of `m % 4` one by one (45 per row). Up to 8 (nq = 2 with
+/// GQA 8/2, the most `decode.rs` takes) every row count is at least as fast this way as by
+/// transposing B, with AVX-512 and with AVX2, timed alternately in one process
+/// (`docs/benchmarks.md`, ninth sitting).
 const NT_GROUP_ROWS_MAX: usize = 8;
 
 /// `C (m×np) = A (m×k) · Bᵀ` with B stored `(n×k)`, rows packed (as K's rows are), `np` = `n`
 /// rounded up to 16; columns `n..np` of C are set to zero. For the few stacked query rows of
-/// decoding, where packing Bᵀ (16 × 16 transposes) costs as much as the product. With AVX-512
-/// and `m <= 8`: rows in groups of 4, one row per 128-bit block of a zmm against broadcast
-/// 4-column pieces of B, so that a block's lanes hold partial sums of one dot product
-/// (`avx512::nt4`), and the last `m % 4` rows one by one, each row's dot products with 16 rows
-/// of B summed along the lanes and reduced in registers (`avx512::nt`). With AVX2 + FMA only,
-/// `m` 4 or 8 takes the same groups with two rows per ymm (`avx2::nt4`). Elsewhere Bᵀ is
-/// packed into `scratch` and multiplied by [`nn`].
+/// decoding, where packing Bᵀ (16 × 16 transposes) costs as much as the product. Up to 8 rows,
+/// with AVX-512 or AVX2 + FMA: rows in groups of 4, one row per 128-bit block of a zmm (two per
+/// ymm) against broadcast 4-column pieces of B, so that a block's lanes hold partial sums of
+/// one dot product (`avx512::nt4`, `avx2::nt4`; a last group of fewer rows is padded with zero
+/// rows, which are not stored). With AVX-512, 1 or 2 rows left over after the groups go one by
+/// one instead, each row's dot products with 16 rows of B summed along the lanes and reduced in
+/// registers (`avx512::nt`). Elsewhere Bᵀ is packed into `scratch` and multiplied by [`nn`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn nt(
     (m, n, k): (usize, usize, usize),
@@ -90,17 +90,27 @@ pub(crate) fn nt(
             // columns), all checked above.
             unsafe {
                 let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-                let g4 = m / 4 * 4;
-                if g4 > 0 {
-                    avx512::nt4(g4, n, k, a, lda, b, c, ldc, scratch)
+                // Three left-over rows cost more one by one than as a group with a zero row.
+                let grouped = if m % 4 == 3 { m } else { m / 4 * 4 };
+                if grouped > 0 {
+                    avx512::nt4(grouped, n, k, a, lda, b, c, ldc, scratch)
                 }
-                if m > g4 {
-                    avx512::nt(m - g4, n, k, a.add(g4 * lda), lda, b, c.add(g4 * ldc), ldc)
+                if m > grouped {
+                    avx512::nt(
+                        m - grouped,
+                        n,
+                        k,
+                        a.add(grouped * lda),
+                        lda,
+                        b,
+                        c.add(grouped * ldc),
+                        ldc,
+                    )
                 }
             };
             return;
         }
-        if m.is_multiple_of(4) && m <= NT_GROUP_ROWS_MAX && k > 0 && avx2::available() {
+        if m <= NT_GROUP_ROWS_MAX && k > 0 && avx2::available() {
             assert!(
                 a.len() >= (m - 1) * lda + k && b.len() >= n * k,
                 "nt: A or B too small"
@@ -117,19 +127,19 @@ pub(crate) fn nt(
     nn((m, np, k), a, lda, scratch, np, c, ldc, false);
 }
 
-/// Packs 4 rows of A (`k` columns, stride `lda`) for the grouped `nt4` kernels: `qp
+/// Packs `rows <= 4` rows of A (`k` columns, stride `lda`) for the grouped `nt4` kernels: `qp
 /// (k/4 rounded up × 16)` holds, per 4 columns, the four rows' values side by side, zero past
-/// `k`.
+/// `k` and for rows past `rows`.
 ///
 /// # Safety
-/// `a` must hold 4 rows of `k` columns at stride `lda`.
+/// `a` must hold `rows` rows of `k` columns at stride `lda`.
 #[cfg(target_arch = "x86_64")]
-unsafe fn pack_rows4(qp: &mut Vec<f32>, a: *const f32, lda: usize, k: usize) {
+unsafe fn pack_rows4(qp: &mut Vec<f32>, a: *const f32, lda: usize, k: usize, rows: usize) {
     let chunks = k.div_ceil(4);
     qp.clear();
     qp.resize(chunks * 16, 0.0);
     for p in 0..chunks {
-        for r in 0..4 {
+        for r in 0..rows {
             for t in 0..(k - 4 * p).min(4) {
                 qp[p * 16 + 4 * r + t] = *a.add(r * lda + 4 * p + t);
             }
@@ -503,7 +513,7 @@ mod avx2 {
         )
     }
 
-    /// `C = A · Bᵀ` (see [`super::nt`]) for `m` a multiple of 4: the AVX-512 `nt4` with two
+    /// `C = A · Bᵀ` (see [`super::nt`]), any `m`: the AVX-512 `nt4` with two
     /// rows per ymm, one per 128-bit half (rows 0–1 and 2–3 in two registers), each 4-column
     /// chunk of a row of B broadcast to both halves. The packed rows come from memory (for
     /// k = 64 they would fill 32 of the 16 registers), 8 keys at a time.
@@ -529,8 +539,10 @@ mod avx2 {
         // Lanes 0..rem of the last, partial chunk (maskload reads nothing else).
         let tail_mask = _mm_cmpgt_epi32(_mm_set1_epi32(rem as i32), _mm_setr_epi32(0, 1, 2, 3));
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3);
-        for g in 0..m / 4 {
-            super::pack_rows4(qp, a.add(4 * g * lda), lda, k);
+        for g in 0..m.div_ceil(4) {
+            // The last group may hold fewer rows: zero rows in the packing, not stored.
+            let rows = (m - 4 * g).min(4);
+            super::pack_rows4(qp, a.add(4 * g * lda), lda, k, rows);
             let (q, c) = (qp.as_ptr(), c.add(4 * g * ldc));
             for j0 in (0..n.next_multiple_of(16)).step_by(8) {
                 for j in (j0 + 8)..(j0 + 16).min(n) {
@@ -580,11 +592,15 @@ mod avx2 {
                 // Row 2h + r's 8 keys: half r of sums[0][h] and of sums[1][h].
                 let [first, second] = sums;
                 for (h, (x, y)) in first.into_iter().zip(second).enumerate() {
-                    _mm256_storeu_ps(c.add(2 * h * ldc + j0), _mm256_permute2f128_ps::<0x20>(x, y));
-                    _mm256_storeu_ps(
-                        c.add((2 * h + 1) * ldc + j0),
-                        _mm256_permute2f128_ps::<0x31>(x, y),
-                    );
+                    if 2 * h < rows {
+                        _mm256_storeu_ps(c.add(2 * h * ldc + j0), _mm256_permute2f128_ps::<0x20>(x, y));
+                    }
+                    if 2 * h + 1 < rows {
+                        _mm256_storeu_ps(
+                            c.add((2 * h + 1) * ldc + j0),
+                            _mm256_permute2f128_ps::<0x31>(x, y),
+                        );
+                    }
                 }
             }
         }
@@ -863,7 +879,8 @@ mod avx512 {
         )
     }
 
-    /// `C = A · Bᵀ` (see [`super::nt`]) for `m` a multiple of 4, rows `4·g..4·g + 4` at a time
+    /// `C = A · Bᵀ` (see [`super::nt`]), rows `4·g..4·g + 4` at a time (the last group may have
+    /// fewer)
     /// with the four rows on the four 128-bit blocks of a zmm: `qp (chunks × 16)` holds, per 4
     /// columns of A, the four rows' values side by side (zero past `k`), and each 4-column
     /// chunk of a row of B is broadcast to all blocks. A block's four lanes then hold partial
@@ -888,13 +905,15 @@ mod avx512 {
         ldc: usize,
         qp: &mut Vec<f32>,
     ) {
-        for g in 0..m / 4 {
-            super::pack_rows4(qp, a.add(4 * g * lda), lda, k);
+        for g in 0..m.div_ceil(4) {
+            // The last group may hold fewer rows: zero rows in the packing, not stored.
+            let rows = (m - 4 * g).min(4);
+            super::pack_rows4(qp, a.add(4 * g * lda), lda, k, rows);
             let (q, out) = (qp.as_ptr(), c.add(4 * g * ldc));
             match k {
-                64 => nt4_rows::<16>(n, k, q, b, out, ldc),
-                32 => nt4_rows::<8>(n, k, q, b, out, ldc),
-                _ => nt4_rows::<0>(n, k, q, b, out, ldc),
+                64 => nt4_rows::<16>(n, k, q, b, out, ldc, rows),
+                32 => nt4_rows::<8>(n, k, q, b, out, ldc, rows),
+                _ => nt4_rows::<0>(n, k, q, b, out, ldc, rows),
             }
         }
     }
@@ -909,6 +928,7 @@ mod avx512 {
         b: *const f32,
         c: *mut f32,
         ldc: usize,
+        rows: usize,
     ) {
         let (full, rem) = if C > 0 { (C, 0) } else { (k / 4, k % 4) };
         let qreg: [__m512; C] = std::array::from_fn(|p| _mm512_loadu_ps(qp.add(16 * p)));
@@ -954,10 +974,15 @@ mod avx512 {
             let x1 = _mm512_shuffle_f32x4::<0xEE>(sums[0], sums[1]);
             let x2 = _mm512_shuffle_f32x4::<0x44>(sums[2], sums[3]);
             let x3 = _mm512_shuffle_f32x4::<0xEE>(sums[2], sums[3]);
-            _mm512_storeu_ps(c.add(j0), _mm512_shuffle_f32x4::<0x88>(x0, x2));
-            _mm512_storeu_ps(c.add(ldc + j0), _mm512_shuffle_f32x4::<0xDD>(x0, x2));
-            _mm512_storeu_ps(c.add(2 * ldc + j0), _mm512_shuffle_f32x4::<0x88>(x1, x3));
-            _mm512_storeu_ps(c.add(3 * ldc + j0), _mm512_shuffle_f32x4::<0xDD>(x1, x3));
+            let out = [
+                _mm512_shuffle_f32x4::<0x88>(x0, x2),
+                _mm512_shuffle_f32x4::<0xDD>(x0, x2),
+                _mm512_shuffle_f32x4::<0x88>(x1, x3),
+                _mm512_shuffle_f32x4::<0xDD>(x1, x3),
+            ];
+            for (r, v) in out.into_iter().enumerate().take(rows) {
+                _mm512_storeu_ps(c.add(r * ldc + j0), v);
+            }
         }
     }
 
@@ -1244,9 +1269,9 @@ mod tests {
     }
 
     /// `nt` on all of its paths (with AVX-512: groups of 4 rows, with k a multiple of 4 or
-    /// not, 32 and 64 (the register-held versions) or other, and per-row dot products for the
-    /// last m % 4 rows, up to m = 8; the packed transpose past 8 rows; the AVX2 groups called
-    /// directly) against an f64 loop: every column
+    /// not, 32 and 64 (the register-held versions) or other, a padded last group of 3 rows and
+    /// per-row dot products for 1 or 2 left over, up to m = 8; the packed transpose past 8 rows;
+    /// the AVX2 groups, called directly, for every m up to 8) against an f64 loop: every column
     /// of the padded width, with n and k odd, 1, and past one 16-group (n cut inside a group
     /// of 4 keys), and rows of A wider than k.
     #[test]
@@ -1287,14 +1312,14 @@ mod tests {
             let mut b_buf: Vec<f32> = (0..n * k).map(|i| val(i + 5)).collect();
             b_buf.extend([f32::NAN; 16]);
             let b = &b_buf[..n * k];
-            let mut c = vec![f32::NAN; m * ldc];
+            let mut c = vec![f32::NAN; (m + 1) * ldc];
             let mut scratch = Vec::new();
             nt((m, n, k), &a, lda, b, &mut c, ldc, &mut scratch);
             check_nt((m, n, k), &a, lda, b, &c, ldc, "nt");
             // The AVX2 groups, which `nt` takes only on CPUs without AVX-512.
             #[cfg(target_arch = "x86_64")]
-            if m % 4 == 0 && m <= NT_GROUP_ROWS_MAX && k > 0 && avx2::available() {
-                let mut c = vec![f32::NAN; m * ldc];
+            if m <= NT_GROUP_ROWS_MAX && k > 0 && avx2::available() {
+                let mut c = vec![f32::NAN; (m + 1) * ldc];
                 // SAFETY: AVX2 and FMA present (checked); sizes as `nt` asserts them.
                 unsafe {
                     avx2::nt4(
@@ -1325,6 +1350,11 @@ mod tests {
         what: &str,
     ) {
         let np = n.next_multiple_of(16);
+        // One row more than C: nothing may be stored there.
+        assert!(
+            c[m * ldc..].iter().all(|x| x.is_nan()),
+            "{what} m{m} n{n} k{k}: stored past row m"
+        );
         for i in 0..m {
             for j in 0..ldc {
                 let got = c[i * ldc + j];

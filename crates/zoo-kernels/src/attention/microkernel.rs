@@ -79,52 +79,55 @@ pub(crate) fn nt(
     }
     assert!(ldc >= np && c.len() >= (m - 1) * ldc + np, "nt: C too small");
     #[cfg(target_arch = "x86_64")]
-    {
-        if m <= NT_GROUP_ROWS_MAX && k > 0 && avx512::available() {
-            assert!(
-                a.len() >= (m - 1) * lda + k && b.len() >= n * k,
-                "nt: A or B too small"
-            );
-            // SAFETY: the CPU has AVX-512F (checked); the reads stay inside rows 0..m of A and
-            // rows 0..n of B (k columns each) and the writes inside rows 0..m of C (np
-            // columns), all checked above.
-            unsafe {
-                let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    if m <= NT_GROUP_ROWS_MAX && k > 0 && (avx512::available() || avx2::available()) {
+        assert!(
+            a.len() >= (m - 1) * lda + k && b.len() >= n * k,
+            "nt: A or B too small"
+        );
+        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        // SAFETY: the CPU has the features of the code called (checked); the reads stay inside
+        // rows 0..m of A and rows 0..n of B (k columns each) and the writes inside rows 0..m
+        // of C (np columns), all checked above.
+        unsafe {
+            if avx512::available() {
                 // Three left-over rows cost more one by one than as a group with a zero row.
                 let grouped = if m % 4 == 3 { m } else { m / 4 * 4 };
                 if grouped > 0 {
                     avx512::nt4(grouped, n, k, a, lda, b, c, ldc, scratch)
                 }
                 if m > grouped {
-                    avx512::nt(
-                        m - grouped,
-                        n,
-                        k,
-                        a.add(grouped * lda),
-                        lda,
-                        b,
-                        c.add(grouped * ldc),
-                        ldc,
-                    )
+                    let rest = (a.add(grouped * lda), c.add(grouped * ldc));
+                    avx512::nt(m - grouped, n, k, rest.0, lda, b, rest.1, ldc)
                 }
-            };
-            return;
+            } else {
+                avx2::nt4(m, n, k, a, lda, b, c, ldc, scratch)
+            }
         }
-        if m <= NT_GROUP_ROWS_MAX && k > 0 && avx2::available() {
-            assert!(
-                a.len() >= (m - 1) * lda + k && b.len() >= n * k,
-                "nt: A or B too small"
-            );
-            // SAFETY: the CPU has AVX2 and FMA (checked); bounds as above.
-            unsafe { avx2::nt4(m, n, k, a.as_ptr(), lda, b.as_ptr(), c.as_mut_ptr(), ldc, scratch) };
-            return;
-        }
+        return;
     }
     if scratch.len() < k * np {
         scratch.resize(k * np, 0.0);
     }
     pack_transposed(scratch, b, n, np, k, 1.0);
     nn((m, np, k), a, lda, scratch, np, c, ldc, false);
+}
+
+/// Prefetches `rows` of B (packed, `k` each) for the decode products, a page ahead for 16 rows
+/// at k = 64: the hardware prefetchers do not cross pages, and the first row would wait on each
+/// line.
+///
+/// # Safety
+/// `b` must be a pointer into (or one past) B's allocation; prefetches never fault, but the
+/// address arithmetic must stay inside it, so `rows` must end at or before B's row count.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn prefetch_rows(b: *const f32, rows: std::ops::Range<usize>, k: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for j in rows {
+        for off in (0..k).step_by(16) {
+            _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
+        }
+    }
 }
 
 /// Packs `rows <= 4` rows of A (`k` columns, stride `lda`) for the grouped `nt4` kernels: `qp
@@ -545,11 +548,7 @@ mod avx2 {
             super::pack_rows4(qp, a.add(4 * g * lda), lda, k, rows);
             let (q, c) = (qp.as_ptr(), c.add(4 * g * ldc));
             for j0 in (0..n.next_multiple_of(16)).step_by(8) {
-                for j in (j0 + 8)..(j0 + 16).min(n) {
-                    for off in (0..k).step_by(16) {
-                        _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
-                    }
-                }
+                super::prefetch_rows(b, (j0 + 8)..(j0 + 16).min(n), k);
                 // Per 4 keys: rows 0–1 and rows 2–3, lane u of a half = key 4s + u.
                 let mut sums = [[_mm256_setzero_ps(); 2]; 2];
                 for (s, sum) in sums.iter_mut().enumerate() {
@@ -934,7 +933,7 @@ mod avx512 {
         let qreg: [__m512; C] = std::array::from_fn(|p| _mm512_loadu_ps(qp.add(16 * p)));
         let tail_mask: __mmask16 = (1 << rem) - 1;
         for j0 in (0..n).step_by(16) {
-            prefetch_next_group(b, j0, n, k);
+            super::prefetch_rows(b, (j0 + 16)..(j0 + 32).min(n), k);
             let mut sums = [_mm512_setzero_ps(); 4];
             for (s, sum) in sums.iter_mut().enumerate() {
                 let base = j0 + 4 * s;
@@ -986,19 +985,6 @@ mod avx512 {
         }
     }
 
-    /// Prefetches rows `j0 + 16..j0 + 32` of B (packed, `k` each; `n` rows), one page for
-    /// k = 64: the hardware prefetchers do not cross pages, and the first row would wait on
-    /// each line.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn prefetch_next_group(b: *const f32, j0: usize, n: usize, k: usize) {
-        for j in (j0 + 16)..(j0 + 32).min(n) {
-            for off in (0..k).step_by(16) {
-                _mm_prefetch::<_MM_HINT_T0>(b.add(j * k + off) as *const i8);
-            }
-        }
-    }
-
     /// `C (m×np) = A · Bᵀ`, B stored `(n×k)`: see [`super::nt`].
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -1013,7 +999,7 @@ mod avx512 {
         ldc: usize,
     ) {
         for j0 in (0..n).step_by(16) {
-            prefetch_next_group(b, j0, n, k);
+            super::prefetch_rows(b, (j0 + 16)..(j0 + 32).min(n), k);
             // Every row against these 16 rows of B while they are in L1.
             for i in 0..m {
                 let out = dots16(a.add(i * lda), k, b, j0, n);

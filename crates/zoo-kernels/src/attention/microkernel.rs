@@ -139,12 +139,12 @@ unsafe fn prefetch_rows(b: *const f32, rows: std::ops::Range<usize>, k: usize) {
 #[cfg(target_arch = "x86_64")]
 unsafe fn pack_rows4(qp: &mut Vec<f32>, a: *const f32, lda: usize, k: usize, rows: usize) {
     let chunks = k.div_ceil(4);
-    qp.clear();
-    qp.resize(chunks * 16, 0.0);
+    let at = qp.len();
+    qp.resize(at + chunks * 16, 0.0);
     for p in 0..chunks {
         for r in 0..rows {
             for t in 0..(k - 4 * p).min(4) {
-                qp[p * 16 + 4 * r + t] = *a.add(r * lda + 4 * p + t);
+                qp[at + p * 16 + 4 * r + t] = *a.add(r * lda + 4 * p + t);
             }
         }
     }
@@ -545,6 +545,7 @@ mod avx2 {
         for g in 0..m.div_ceil(4) {
             // The last group may hold fewer rows: zero rows in the packing, not stored.
             let rows = (m - 4 * g).min(4);
+            qp.clear();
             super::pack_rows4(qp, a.add(4 * g * lda), lda, k, rows);
             let (q, c) = (qp.as_ptr(), c.add(4 * g * ldc));
             for j0 in (0..n.next_multiple_of(16)).step_by(8) {
@@ -904,16 +905,115 @@ mod avx512 {
         ldc: usize,
         qp: &mut Vec<f32>,
     ) {
-        for g in 0..m.div_ceil(4) {
+        let groups = m.div_ceil(4);
+        let mut g = 0;
+        while g < groups {
             // The last group may hold fewer rows: zero rows in the packing, not stored.
             let rows = (m - 4 * g).min(4);
+            qp.clear();
             super::pack_rows4(qp, a.add(4 * g * lda), lda, k, rows);
-            let (q, out) = (qp.as_ptr(), c.add(4 * g * ldc));
+            let out = c.add(4 * g * ldc);
+            if g + 1 < groups {
+                // Two groups share each load of B (5–8 rows): half the traffic from L2.
+                let rows2 = (m - 4 * (g + 1)).min(4);
+                super::pack_rows4(qp, a.add(4 * (g + 1) * lda), lda, k, rows2);
+                let (q0, q1) = (qp.as_ptr(), qp.as_ptr().add(k.div_ceil(4) * 16));
+                match k {
+                    64 => nt8_rows::<16>(n, k, q0, q1, b, out, ldc, rows2),
+                    32 => nt8_rows::<8>(n, k, q0, q1, b, out, ldc, rows2),
+                    _ => nt8_rows::<0>(n, k, q0, q1, b, out, ldc, rows2),
+                }
+                g += 2;
+                continue;
+            }
+            let q = qp.as_ptr();
             match k {
                 64 => nt4_rows::<16>(n, k, q, b, out, ldc, rows),
                 32 => nt4_rows::<8>(n, k, q, b, out, ldc, rows),
                 _ => nt4_rows::<0>(n, k, q, b, out, ldc, rows),
             }
+            g += 1;
+        }
+    }
+
+    /// Two groups of [`nt4`] at once, rows `0..4` from `q0` and `4..4 + rows2` from `q1`: each
+    /// 4-column chunk of a row of B is loaded once for both (the A values come from L1, two
+    /// loads per chunk instead of registers), so B streams from L2 once for up to 8 rows.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn nt8_rows<const C: usize>(
+        n: usize,
+        k: usize,
+        q0: *const f32,
+        q1: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows2: usize,
+    ) {
+        let (full, rem) = if C > 0 { (C, 0) } else { (k / 4, k % 4) };
+        let tail_mask: __mmask16 = (1 << rem) - 1;
+        for j0 in (0..n).step_by(16) {
+            super::prefetch_rows(b, (j0 + 16)..(j0 + 32).min(n), k);
+            let mut sums0 = [_mm512_setzero_ps(); 4];
+            let mut sums1 = [_mm512_setzero_ps(); 4];
+            for s in 0..4 {
+                let base = j0 + 4 * s;
+                if base >= n {
+                    break;
+                }
+                let valid = (n - base).min(4);
+                // Keys past n repeat the last valid one; their lanes are cleared below.
+                let rows: [*const f32; 4] = std::array::from_fn(|u| b.add((base + u.min(valid - 1)) * k));
+                let mut acc0 = [_mm512_setzero_ps(); 4];
+                let mut acc1 = [_mm512_setzero_ps(); 4];
+                for p in 0..full {
+                    let (qv0, qv1) = (_mm512_loadu_ps(q0.add(16 * p)), _mm512_loadu_ps(q1.add(16 * p)));
+                    for u in 0..4 {
+                        let kv = _mm512_broadcast_f32x4(_mm_loadu_ps(rows[u].add(4 * p)));
+                        acc0[u] = _mm512_fmadd_ps(qv0, kv, acc0[u]);
+                        acc1[u] = _mm512_fmadd_ps(qv1, kv, acc1[u]);
+                    }
+                }
+                if rem > 0 {
+                    let (qv0, qv1) = (
+                        _mm512_loadu_ps(q0.add(16 * full)),
+                        _mm512_loadu_ps(q1.add(16 * full)),
+                    );
+                    for u in 0..4 {
+                        let part = _mm512_maskz_loadu_ps(tail_mask, rows[u].add(4 * full));
+                        let kv = _mm512_shuffle_f32x4::<0>(part, part);
+                        acc0[u] = _mm512_fmadd_ps(qv0, kv, acc0[u]);
+                        acc1[u] = _mm512_fmadd_ps(qv1, kv, acc1[u]);
+                    }
+                }
+                let lanes: __mmask16 = 0x1111 * ((1 << valid) - 1);
+                sums0[s] = _mm512_maskz_mov_ps(lanes, reduce4(&acc0));
+                sums1[s] = _mm512_maskz_mov_ps(lanes, reduce4(&acc1));
+            }
+            store_rows16(&sums0, c.add(j0), ldc, 4);
+            store_rows16(&sums1, c.add(4 * ldc + j0), ldc, rows2);
+        }
+    }
+
+    /// Writes the first `rows` of the four rows held by `sums` (block `r` of `sums[s]` = row
+    /// `r`'s keys `4s..4s + 4`) as 16 values each, at stride `ldc`: 8 block shuffles gather
+    /// each row's 16.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_rows16(sums: &[__m512; 4], c: *mut f32, ldc: usize, rows: usize) {
+        let x0 = _mm512_shuffle_f32x4::<0x44>(sums[0], sums[1]);
+        let x1 = _mm512_shuffle_f32x4::<0xEE>(sums[0], sums[1]);
+        let x2 = _mm512_shuffle_f32x4::<0x44>(sums[2], sums[3]);
+        let x3 = _mm512_shuffle_f32x4::<0xEE>(sums[2], sums[3]);
+        let out = [
+            _mm512_shuffle_f32x4::<0x88>(x0, x2),
+            _mm512_shuffle_f32x4::<0xDD>(x0, x2),
+            _mm512_shuffle_f32x4::<0x88>(x1, x3),
+            _mm512_shuffle_f32x4::<0xDD>(x1, x3),
+        ];
+        for (r, v) in out.into_iter().enumerate().take(rows) {
+            _mm512_storeu_ps(c.add(r * ldc), v);
         }
     }
 
@@ -968,20 +1068,7 @@ mod avx512 {
                 let lanes: __mmask16 = 0x1111 * ((1 << valid) - 1);
                 *sum = _mm512_maskz_mov_ps(lanes, reduce4(&acc));
             }
-            // sums[s] block r = row r's keys 4s..4s + 4: gather each row's 16.
-            let x0 = _mm512_shuffle_f32x4::<0x44>(sums[0], sums[1]);
-            let x1 = _mm512_shuffle_f32x4::<0xEE>(sums[0], sums[1]);
-            let x2 = _mm512_shuffle_f32x4::<0x44>(sums[2], sums[3]);
-            let x3 = _mm512_shuffle_f32x4::<0xEE>(sums[2], sums[3]);
-            let out = [
-                _mm512_shuffle_f32x4::<0x88>(x0, x2),
-                _mm512_shuffle_f32x4::<0xDD>(x0, x2),
-                _mm512_shuffle_f32x4::<0x88>(x1, x3),
-                _mm512_shuffle_f32x4::<0xDD>(x1, x3),
-            ];
-            for (r, v) in out.into_iter().enumerate().take(rows) {
-                _mm512_storeu_ps(c.add(r * ldc + j0), v);
-            }
+            store_rows16(&sums, c.add(j0), ldc, rows);
         }
     }
 
@@ -1289,6 +1376,9 @@ mod tests {
             (7, 20, 19),
             (4, 20, 62),
             (8, 9, 30),
+            // Two groups in one pass (`nt8_rows`) with 8 chunks of A in registers' place.
+            (8, 40, 32),
+            (7, 33, 32),
         ] {
             let lda = k + 3;
             let np = n.next_multiple_of(16);

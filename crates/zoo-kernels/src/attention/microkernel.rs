@@ -744,6 +744,10 @@ mod avx512 {
     /// Tiles of `MR` rows × `NV`·16 columns.
     pub(super) const MR: usize = 6;
 
+    /// Rows of the tiles of a one-vector panel: 6 accumulators would leave the FMA units
+    /// waiting on their 4-cycle latency; 12 keep both busy.
+    const MR_NARROW: usize = 12;
+
     /// `dst[i·ld_dst + j] = scale · src[j·ld_src + i]` for a 16 × 16 tile.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transpose16(
@@ -1154,12 +1158,16 @@ mod avx512 {
                 (5, 1) => tile::<$ta, 5, 1>($($arg),*), (5, 2) => tile::<$ta, 5, 2>($($arg),*),
                 (5, 3) => tile::<$ta, 5, 3>($($arg),*), (5, 4) => tile::<$ta, 5, 4>($($arg),*),
                 (6, 1) => tile::<$ta, 6, 1>($($arg),*), (6, 2) => tile::<$ta, 6, 2>($($arg),*),
-                (6, 3) => tile::<$ta, 6, 3>($($arg),*), _ => tile::<$ta, 6, 4>($($arg),*),
+                (6, 3) => tile::<$ta, 6, 3>($($arg),*), (6, 4) => tile::<$ta, 6, 4>($($arg),*),
+                (7, _) => tile::<$ta, 7, 1>($($arg),*), (8, _) => tile::<$ta, 8, 1>($($arg),*),
+                (9, _) => tile::<$ta, 9, 1>($($arg),*), (10, _) => tile::<$ta, 10, 1>($($arg),*),
+                (11, _) => tile::<$ta, 11, 1>($($arg),*), _ => tile::<$ta, 12, 1>($($arg),*),
             }
         };
     }
 
-    /// The whole product, `n % 16 == 0`: column panels of up to 64, row tiles of up to 6.
+    /// The whole product, `n % 16 == 0`: column panels of up to 64, row tiles of up to 6 (of up
+    /// to 12 in a 16-column panel, where 6 accumulators would wait on the FMA latency).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn product<const TA: bool>(
@@ -1177,9 +1185,10 @@ mod avx512 {
         let mut j0 = 0;
         while j0 < n {
             let nv = ((n - j0) / 16).min(4);
+            let mr = if nv == 1 { MR_NARROW } else { MR };
             let mut i0 = 0;
             while i0 < m {
-                let r = (m - i0).min(MR);
+                let r = (m - i0).min(mr);
                 let ai = if TA { a.add(i0) } else { a.add(i0 * lda) };
                 let (bj, cij) = (b.add(j0), c.add(i0 * ldc + j0));
                 tile_for!(TA, r, nv, k, ai, lda, bj, ldb, cij, ldc, accumulate);
@@ -1465,6 +1474,9 @@ mod tests {
             (5, 7, 9),
             (6, 128, 0),
             (11, 24, 17),
+            // One-vector panels take tiles of up to 12 rows.
+            (30, 16, 64),
+            (12, 16, 7),
         ] {
             for ta in [false, true] {
                 let (lda, ldb, ldc) = (if ta { m + 3 } else { k + 2 }, n + 16, n + 5);

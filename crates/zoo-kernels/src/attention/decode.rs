@@ -39,6 +39,11 @@ fn softmax_row(row: &mut [f32], m_old: f32) -> (f32, f32, f32) {
     }
     let mx = mx.iter().fold(m_old, |a, &x| if x > a { x } else { a });
     let (shift, alpha) = rescale(m_old, mx);
+    #[cfg(target_arch = "x86_64")]
+    if crate::switch::use_avx512() {
+        // SAFETY: the CPU has AVX-512F (checked); the row's length is a multiple of 16.
+        return (mx, alpha, unsafe { simd::exp_shift_sum(row, shift) });
+    }
     let mut sum = [0f32; LANES];
     for chunk in row.chunks_exact_mut(LANES) {
         for (acc, x) in sum.iter_mut().zip(chunk.iter_mut()) {
@@ -48,6 +53,31 @@ fn softmax_row(row: &mut [f32], m_old: f32) -> (f32, f32, f32) {
         }
     }
     (mx, alpha, sum.iter().sum())
+}
+
+/// The exponential pass of [`softmax_row`] with AVX-512 intrinsics: the 12-instruction
+/// `exp` of `math::avx512` instead of the ~17 the compiled loop gets from `exp_f32`.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use crate::math::avx512::exp_ps;
+    use std::arch::x86_64::*;
+
+    /// `row[i] = exp(row[i] − shift)` in place; returns the sum. `row.len() % 16 == 0`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_shift_sum(row: &mut [f32], shift: f32) -> f32 {
+        let sh = _mm512_set1_ps(shift);
+        let mut sums = [_mm512_setzero_ps(); 2];
+        for (i, chunk) in row.chunks_exact_mut(16).enumerate() {
+            let p = chunk.as_mut_ptr();
+            let e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(p), sh));
+            _mm512_storeu_ps(p, e);
+            sums[i % 2] = _mm512_add_ps(sums[i % 2], e);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(sums[0], sums[1]))
+    }
 }
 
 /// Forward pass of every group when each has at most [`MAX_ROWS`] stacked rows: writes the
